@@ -29,6 +29,27 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from and how it is prompted and decoded.
+
+    ``path`` is a hub id or a local folder (with ``gguf_file`` for a GGUF inside it);
+    ``template`` is a registered template name (``eapbench.prompts``) or a format string
+    containing ``{question}``.
+    """
+
+    path: str
+    template: str
+    max_new_tokens: int = 1024
+    revision: str | None = None
+    gguf_file: str | None = None
+    name: str = ""  # short label for reports; defaults to the path
+
+    @property
+    def label(self) -> str:
+        return self.name or self.path
+
+
+@dataclass(frozen=True)
 class AttributionInputs:
     """One model's teacher-forced inputs for attribution, unpadded, one row per sample.
 
