@@ -116,7 +116,7 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _resolve(metric: MetricArg, bins: int) -> tuple[str | None, Callable[[Any, Any], float] | None, str]:
+def _resolve(metric: MetricArg) -> tuple[str | None, Callable[[Any, Any], float] | None, str]:
     """(fast-path name or None, callable or None, label)."""
     if isinstance(metric, str):
         if metric not in NAMED_METRICS:
@@ -279,6 +279,8 @@ def _resampled_values(name: str | None, fn: Callable | None, label: str, fb: np.
     return vb, vt
 
 
+# --------------------------------------------------------------------------- public API
+
 def bootstrap_distribution(metric: MetricArg, base_scores: Any, tuned_scores: Any, edge_mask: Any, *,
                            n_resamples: int = 9999, seed: int = 0, bins: int = M.DEFAULT_BINS,
                            progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -290,12 +292,11 @@ def bootstrap_distribution(metric: MetricArg, base_scores: Any, tuned_scores: An
     n_resamples = _check_int(n_resamples, "n_resamples", 1)
     seed = _check_int(seed, "seed", 0)
     bins = _check_int(bins, "bins", 1)
-    name, fn, label = _resolve(metric, bins)
+    name, fn, label = _resolve(metric)
     fb, ft, mask = _paired_inputs(base_scores, tuned_scores, edge_mask)
     return _resampled_values(name, fn, label, fb, ft, mask, n_resamples, seed, bins, progress)
 
 
-# --------------------------------------------------------------------------- public API
 
 def paired_bootstrap(metric: MetricArg, base_scores: Any, tuned_scores: Any, edge_mask: Any, *,
                      n_resamples: int = 9999, seed: int = 0, confidence: float = 0.95,
@@ -312,7 +313,7 @@ def paired_bootstrap(metric: MetricArg, base_scores: Any, tuned_scores: Any, edg
     bins = _check_int(bins, "bins", 1)
     if not (isinstance(confidence, (float, int)) and 0 < confidence < 1):
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
-    name, fn, label = _resolve(metric, bins)
+    name, fn, label = _resolve(metric)
     fb, ft, mask = _paired_inputs(base_scores, tuned_scores, edge_mask)
     n = fb.shape[0]
     t0 = time.perf_counter()
@@ -347,7 +348,7 @@ def paired_permutation_test(metric: MetricArg, base_scores: Any, tuned_scores: A
     n_permutations = _check_int(n_permutations, "n_permutations", 1)
     seed = _check_int(seed, "seed", 0)
     bins = _check_int(bins, "bins", 1)
-    name, fn, label = _resolve(metric, bins)
+    name, fn, label = _resolve(metric)
     fb, ft, mask = _paired_inputs(base_scores, tuned_scores, edge_mask)
     n = fb.shape[0]
     base_val, tuned_val = _point(name, fn, fb, ft, mask, bins)
