@@ -2,6 +2,12 @@
 
 ``--benchmarks`` enables the pytest-benchmark speed/memory benchmarks (marker ``perf``),
 which are excluded from the default runs.
+
+The claim-suite options (``--pairs``, ``--pair``, ``--datasets``, ``--alphas``, ...) are
+declared here because pytest only reads options from the root conftest; they are used by
+``suites/conftest.py``. A bare ``pytest suites/`` is the embedded default run: the mini
+pairs on the synthetic task, on CPU. ``--strict`` is pytest's own strict mode (it sets the
+``strict`` ini option); the suite extends it: inconclusive verdicts count as failures.
 """
 
 from __future__ import annotations
@@ -13,6 +19,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("eapbench")
     group.addoption("--benchmarks", action="store_true", default=False,
                     help="run the speed/memory benchmarks (tests marked perf)")
+
+    suite = parser.getgroup("eapbench suite", "claim suite (suites/)")
+    suite.addoption("--pairs", default="mini",
+                    help="comma-separated pair groups (mini, paper, lineages, all) or pair ids; default: mini")
+    suite.addoption("--pair", action="append", default=[], metavar="SPEC_OR_YAML",
+                    help="a user pair 'name=...,base=PATH_OR_ID,tuned=PATH_OR_ID,method=grpo[,template=...,"
+                         "datasets=a;b,alphas=0.1;0.3]' or a YAML file of pairs (repeatable)")
+    suite.addoption("--datasets", default=None,
+                    help="comma-separated datasets for every selected pair (default: each pair's own; "
+                         "mini: synthetic, paper: math,gsm8k,college_math)")
+    suite.addoption("--alphas", default=None,
+                    help="comma-separated answer fractions alpha (default: each pair's own; "
+                         "mini: 0.3,0.5, paper: 0.03,0.1,0.3,0.5)")
+    suite.addoption("--n-samples", type=int, default=100, help="paired problems N per case (SPEC §4; default 100)")
+    suite.addoption("--limit", type=int, default=None,
+                    help="use at most this many dataset problems before selection (default: the dataset's size)")
+    suite.addoption("--n-resamples", type=int, default=9999, help="bootstrap resamples (SPEC §6; default 9999)")
+    suite.addoption("--device", default="cpu", help="torch device for generation and attribution (default cpu)")
+    suite.addoption("--dtype", default=None,
+                    help="model dtype (default: each pair's own; mini float32, paper/lineages bfloat16)")
+    suite.addoption("--granularity", default="qkv", choices=("qkv", "block"),
+                    help="residual-graph granularity (SPEC §2; default qkv)")
+    suite.addoption("--batch-size", type=int, default=8, help="batch size for generation and attribution")
+    suite.addoption("--data-dir", default=None, help="folder with datasets not shipped offline (college_math)")
+    suite.addoption("--regen-baselines", action="store_true", default=False,
+                    help="rewrite baselines/<pair>/<dataset>/alpha-<a>.json from this run's measurements")
+    suite.addoption("--report", default=None, metavar="DIR",
+                    help="write results.json, table1.md and figures into DIR")
+    suite.addoption("--no-suite-cache", action="store_true", default=False,
+                    help="recompute measurements instead of reading the on-disk measurement cache")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
