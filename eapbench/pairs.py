@@ -70,8 +70,7 @@ class PairSpec:
         """``None`` if the pair can run on ``device`` here, else why not and how to run it."""
         missing = []
         if self.requires_gpu and not _cuda_ready(device):
-            missing.append(f"a CUDA GPU (device {device!r}"
-                           f"{'' if device.startswith('cuda') else ', pass --device cuda'})")
+            missing.append("a CUDA GPU" + ("" if device.startswith("cuda") else f" (this run: --device {device})"))
         for spec in self.models:
             reason = weights_missing(spec)
             if reason:
@@ -81,7 +80,7 @@ class PairSpec:
         group = self.group if self.group in GROUPS else None
         how = (GPU_COMMAND.format(group=group) if group in ("paper", "lineages")
                else f"pytest suites/ --pairs {self.id}")
-        return f"{self.id}: needs " + "; ".join(missing) + f". Run: `{how}`"
+        return "needs " + "; ".join(missing) + f". Run: `{how}`"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -116,10 +115,10 @@ def weights_missing(spec: ModelSpec) -> str | None:
         try:
             path = Path(resolve_model(spec).path)
         except (FileNotFoundError, KeyError, ValueError) as exc:
-            return f"mini checkpoint {spec.path!r} ({exc}; build the zoo with `eapbench zoo build`)"
+            return f"mini checkpoint {spec.path!r} ({exc})"
         if not (path / "config.json").is_file():
             return (f"mini checkpoint {spec.path!r} at {path} (no config.json; "
-                    "build the zoo with `eapbench zoo build`)")
+                    "rebuild the zoo with `eapbench zoo train`)")
         return None
     local = Path(os.path.expanduser(spec.path))
     if local.exists():
@@ -133,7 +132,7 @@ def weights_missing(spec: ModelSpec) -> str | None:
         if isinstance(hit, str):
             return None
         rev = f" --revision {spec.revision}" if spec.revision else ""
-        return f"weights of {spec.path} (not in the Hugging Face cache; `hf download {spec.path}{rev}`)"
+        return f"weights of {spec.path} (`hf download {spec.path}{rev}`)"
     return f"a model at {spec.path} (no such folder)"
 
 

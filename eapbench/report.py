@@ -124,7 +124,7 @@ def summary_lines(results: Sequence[Mapping[str, Any]], skipped: Mapping[str, st
                 kind = next(r["verdicts"][c]["expectation"] for r in rs if c in r.get("verdicts", {}))
                 lines.append(f"{pair:<20} {c} {kind:<11} " + "; ".join(parts))
     for pair, reason in (skipped or {}).items():
-        lines.append(f"{pair:<20} skipped: {reason}")
+        lines.append(f"{pair:<20} skipped: {reason.removeprefix(pair + ': ')}")
     return lines
 
 

@@ -229,7 +229,7 @@ class Runner:
                 r.base, r.tuned, dataset, list(alphas), n_samples=cfg.n_samples, seed=cfg.seed,
                 beta=cfg.beta, gamma=cfg.gamma, delta=cfg.delta, limit=cfg.limit, device=cfg.device,
                 dtype=dtype, batch_size=cfg.batch_size, allow_tokenizer_mismatch=pair.allow_tokenizer_mismatch,
-                cache=True, data_dir=cfg.data_dir)
+                cache=True, data_dir=cfg.data_dir, progress=cfg.progress)
         except EmptySelectionError as exc:  # a real outcome (e.g. no problem both models solve): reported
             log.warning("%s on %s: %s", pair.id, dataset, exc)
             report = exc.report.to_dict()

@@ -69,10 +69,10 @@ def build_suite(config: pytest.Config) -> Suite:
         if p.id not in chosen:
             cmd = (P.GPU_COMMAND.format(group=p.group) if p.requires_gpu
                    else f"pytest suites/ --pairs {p.id}")
-            skipped[p.id] = (f"{p.id} not selected (--pairs {opt('--pairs')}); "
+            skipped[p.id] = (f"{p.id}: not selected (--pairs {opt('--pairs')}); "
                              + (why if why else f"run: `{cmd}`"))
         elif why:
-            skipped[p.id] = why
+            skipped[p.id] = f"{p.id}: {why}"
         else:
             runnable.append(p)
     runner = Runner(runnable, cfg, datasets=_csv(opt("--datasets")), alphas=alphas, claims=load_claims(),

@@ -1,0 +1,132 @@
+"""The ``eapbench`` command: thin front doors to the modules that do the work.
+
+- ``eapbench compare --base X --tuned Y --dataset gsm8k --alpha 0.3 [--method grpo]``: the suite's
+  measurement, verdicts and report for a new pair, without writing tests;
+- ``eapbench pairs [GROUP]``: the registered pairs and whether they can run here;
+- ``eapbench zoo train ...``: rebuild the mini zoo (forwards to :mod:`eapbench.zoo.build`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+log = logging.getLogger("eapbench.cli")
+
+
+def _compare_parser(sub) -> None:
+    p = sub.add_parser("compare", help="measure and judge the claims for one base/tuned pair",
+                       description="Generate, select, attribute and judge claims C1-C6 for a base and a tuned "
+                                   "model, then write results.json, table1.md and figures.")
+    p.add_argument("--base", required=True, help="base model: hub id, local folder, or zoo:<name>")
+    p.add_argument("--tuned", required=True, help="post-trained model: hub id, local folder, or zoo:<name>")
+    p.add_argument("--dataset", action="append", required=True,
+                   help="dataset (gsm8k, math, math500, college_math, synthetic); repeatable")
+    p.add_argument("--alpha", type=float, action="append", required=True, help="answer fraction alpha; repeatable")
+    p.add_argument("--method", default="grpo", help="post-training method: grpo, ppo, rlvr, dpo, dpo+rlvr, sft "
+                                                    "(decides the expected directions; default grpo)")
+    p.add_argument("--template", default=None,
+                   help="prompt template: a registered name (eapbench.prompts) or a format string with {question}; "
+                        "default 'mini' for zoo: models, else 'chat'")
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--name", default="user-pair", help="pair name used in reports (default user-pair)")
+    p.add_argument("--n-samples", type=int, default=100)
+    p.add_argument("--limit", type=int, default=None, help="at most this many dataset problems")
+    p.add_argument("--n-resamples", type=int, default=9999)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--granularity", default="qkv", choices=("qkv", "block"))
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--data-dir", default=None, help="folder with datasets not shipped offline (college_math)")
+    p.add_argument("--allow-tokenizer-mismatch", action="store_true")
+    p.add_argument("--report", default="eapbench-report", help="output folder (default ./eapbench-report)")
+    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--strict", action="store_true", help="exit non-zero on inconclusive verdicts too")
+
+
+def compare(args: argparse.Namespace) -> int:
+    from .pairs import _looks_like_hub_id, pair_from_mapping, weights_missing
+    from .report import summary_lines, write_report
+    from .runner import RunConfig, Runner
+
+    template = args.template or ("mini" if args.base.startswith("zoo:") else "chat")
+    pair = pair_from_mapping({"name": args.name, "base": args.base, "tuned": args.tuned, "method": args.method,
+                              "template": template, "max_new_tokens": args.max_new_tokens,
+                              "datasets": args.dataset, "alphas": args.alpha, "dtype": args.dtype,
+                              "allow_tokenizer_mismatch": args.allow_tokenizer_mismatch},
+                             where="eapbench compare")
+    for spec in pair.models:
+        why = weights_missing(spec)
+        if why and not _looks_like_hub_id(spec.path):  # hub ids may be downloaded; local paths must exist
+            print(f"eapbench compare: missing {why}", file=sys.stderr)
+            return 2
+    cfg = RunConfig(n_samples=args.n_samples, granularity=args.granularity, device=args.device, dtype=args.dtype,
+                    n_resamples=args.n_resamples, batch_size=args.batch_size, limit=args.limit,
+                    data_dir=args.data_dir)
+    runner = Runner([pair], cfg)
+    for dataset, alpha in runner.cases(pair):
+        runner.verdicts(pair, dataset, alpha)
+    results = runner.results()
+    print("\n".join(summary_lines(results)))
+    paths = write_report(results, args.report, with_figures=not args.no_figures,
+                         extra={"pair": pair.to_dict()})
+    print(f"report: {Path(paths['markdown']).parent} (results.json, table1.md, {len(paths['figures'])} figures)")
+    statuses = [v["status"] for r in results for v in r["verdicts"].values()]
+    bad = {"fail"} | ({"inconclusive"} if args.strict else set())
+    return 1 if any(s in bad for s in statuses) else 0
+
+
+def list_pairs(args: argparse.Namespace) -> int:
+    from .pairs import group
+
+    for p in group(args.group):
+        why = p.availability(args.device)
+        print(f"{p.id:<22} {p.group:<9} {p.method:<9} {p.base.path} -> {p.tuned.path}"
+              f"{'' if why is None else '  [cannot run here: ' + why + ']'}")
+    return 0
+
+
+def zoo(argv: Sequence[str]) -> int:
+    try:
+        from .zoo.build import main as zoo_main
+    except ImportError as exc:
+        print(f"eapbench zoo: the zoo builder is not available ({exc})", file=sys.stderr)
+        return 2
+    argv = list(argv)
+    if argv[:1] == ["train"]:
+        argv = argv[1:]
+    elif argv[:1] not in ([], ["-h"], ["--help"]):
+        print(f"eapbench zoo: unknown subcommand {argv[0]!r}; use `eapbench zoo train [options]`", file=sys.stderr)
+        return 2
+    return int(zoo_main(argv) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if argv[:1] == ["zoo"]:
+        return zoo(argv[1:])
+    ap = argparse.ArgumentParser(prog="eapbench", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    _compare_parser(sub)
+    lp = sub.add_parser("pairs", help="list registered pairs and whether they can run here")
+    lp.add_argument("group", nargs="?", default="all", help="mini, paper, lineages or all (default)")
+    lp.add_argument("--device", default="cpu")
+    sub.add_parser("zoo", help="rebuild the mini zoo: `eapbench zoo train [options]`")
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "compare":
+            return compare(args)
+        if args.command == "pairs":
+            return list_pairs(args)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        print(f"eapbench {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
