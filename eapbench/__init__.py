@@ -1,10 +1,30 @@
 """eapbench: regression tests for what RL fine-tuning does inside a model's circuitry.
 
-Public API (see README): build a :class:`ResidualGraph`, score edges with
-:func:`attribute`, summarise with :mod:`eapbench.metrics`, decide with :mod:`eapbench.stats`.
+The public API, in the order data flows (see README and ../shared/DESIGN.md):
+
+- :class:`ResidualGraph` — node names and edge mask of a decoder's residual graph;
+- :func:`attribute` / :func:`score_inputs` — one-pass EAP edge scores → :class:`EdgeScores`;
+- :mod:`eapbench.metrics` — intensity, complexity, kurtosis, diversity, output-edge entropy;
+- :func:`paired_bootstrap` / :func:`verdict` — paired intervals and pass/fail/inconclusive;
+- :func:`to_mib_json` — export a scored graph to the EAP-IG / MIB circuit format.
 """
 
+from .architectures import ARCHITECTURES, UnsupportedArchitectureError
+from .attribution import AttributionError, EdgeScores, attribute, score_inputs
+from .export import from_mib_json, to_mib_json
+from .graph import ResidualGraph
+from .metrics import (activation_intensity, distribution_kurtosis, information_complexity,
+                      inter_sample_diversity, output_edge_entropy, output_edge_entropy_per_node,
+                      relative_change)
+from .models import load_model, load_smollm2
 from .records import AttributionInputs, ModelSpec, Problem
+from .stats import BootstrapResult, Verdict, benjamini_hochberg, paired_bootstrap, paired_permutation_test, verdict
 
-__all__ = ["AttributionInputs", "ModelSpec", "Problem"]
+__all__ = [
+    "ARCHITECTURES", "AttributionError", "AttributionInputs", "BootstrapResult", "EdgeScores", "ModelSpec",
+    "Problem", "ResidualGraph", "UnsupportedArchitectureError", "Verdict", "activation_intensity", "attribute",
+    "benjamini_hochberg", "distribution_kurtosis", "from_mib_json", "information_complexity",
+    "inter_sample_diversity", "load_model", "load_smollm2", "output_edge_entropy", "output_edge_entropy_per_node",
+    "paired_bootstrap", "paired_permutation_test", "relative_change", "score_inputs", "to_mib_json", "verdict",
+]
 __version__ = "0.1.0"
