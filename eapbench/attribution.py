@@ -16,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cache import atomic_save, stable_hash
 from .architectures import ArchSpec, arch_spec, decoder_layers, get_module
 from .graph import QKV, ResidualGraph
 from .records import AttributionInputs
@@ -352,8 +354,13 @@ class EdgeScores:
 
 def score_inputs(model: nn.Module, inputs: AttributionInputs, *, pad_token_id: int,
                  graph: ResidualGraph | None = None, batch_size: int = 8, checkpointing: bool = False,
-                 progress: bool = True) -> EdgeScores:
-    """Score every sample of ``inputs`` in batches (right padding), with a progress bar."""
+                 progress: bool = True, resume_dir: str | Path | None = None, cache_key: str = "") -> EdgeScores:
+    """Score every sample of ``inputs`` in batches (right padding), with a progress bar.
+
+    With ``resume_dir``, each finished batch is saved there (keyed by ``cache_key`` — pass the
+    model's fingerprint — the graph and the batch's token ids), so an interrupted run resumes
+    at the first unfinished batch.
+    """
     from tqdm.auto import tqdm
 
     graph = graph or ResidualGraph.from_model(model)
@@ -361,14 +368,30 @@ def score_inputs(model: nn.Module, inputs: AttributionInputs, *, pad_token_id: i
     n_batches = -(-len(inputs) // batch_size)
     log.info("attributing %d samples (%s, %d layers, %s) in %d batches", len(inputs), graph.model_type,
              graph.n_layers, graph.granularity, n_batches)
+    reused = 0
     for ids, attn, mask in tqdm(inputs.batches(batch_size, pad_token_id), total=n_batches,
                                 desc=f"EAP {inputs.model or graph.model_type}", disable=not progress):
+        path = None
+        if resume_dir is not None:
+            key = stable_hash([cache_key, graph.n_layers, graph.granularity, graph.model_type,
+                               str(next(model.parameters()).dtype), ids.tolist(), mask.tolist()])
+            path = Path(resume_dir) / f"batch-{key}.pt"
+            if path.is_file():
+                saved = torch.load(path)
+                chunks.append(saved["scores"])
+                losses.append(saved["losses"])
+                reused += 1
+                continue
         s, l = attribute(model, ids, mask, graph=graph, attention_mask=attn, checkpointing=checkpointing,
                          return_loss=True)
+        if path is not None:
+            atomic_save(path, lambda p, s=s, l=l: torch.save({"scores": s, "losses": l}, p))
         chunks.append(s)
         losses.append(l)
+    if reused:
+        log.info("resumed %d of %d batches from %s", reused, n_batches, resume_dir)
     meta = {"batch_size": batch_size, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "device": str(next(model.parameters()).device), "granularity": graph.granularity,
-            "t_cut": inputs.t_cut, "model": inputs.model}
+            "t_cut": inputs.t_cut, "model": inputs.model, "resumed_batches": reused}
     return EdgeScores(scores=torch.cat(chunks), graph=graph, problem_ids=inputs.problem_ids,
                       losses=torch.cat(losses), meta=meta)

@@ -90,6 +90,26 @@ def test_score_inputs_matches_attribute_and_keeps_order(family_model):
     assert es.losses.shape == (5,)
 
 
+def test_score_inputs_resumes_finished_batches(tmp_path, monkeypatch):
+    model = tiny_model("qwen2")
+    ids, _ = random_batch(batch=4, seed=9)
+    inputs = AttributionInputs(problem_ids=tuple("abcd"), input_ids=tuple(tuple(r) for r in ids.tolist()),
+                               prompt_lengths=(5,) * 4, t_cut=4)
+    first = score_inputs(model, inputs, pad_token_id=0, batch_size=2, progress=False, resume_dir=tmp_path,
+                         cache_key="m1")
+    assert first.meta["resumed_batches"] == 0 and len(list(tmp_path.glob("batch-*.pt"))) == 2
+    import eapbench.attribution as attribution
+    calls = []
+    real = attribution.attribute
+    monkeypatch.setattr(attribution, "attribute", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = score_inputs(model, inputs, pad_token_id=0, batch_size=2, progress=False, resume_dir=tmp_path,
+                         cache_key="m1")
+    assert calls == [] and again.meta["resumed_batches"] == 2 and torch.equal(again.scores, first.scores)
+    other = score_inputs(model, inputs, pad_token_id=0, batch_size=2, progress=False, resume_dir=tmp_path,
+                         cache_key="another-model")
+    assert len(calls) == 2 and other.meta["resumed_batches"] == 0
+
+
 def test_checkpointing_gives_the_same_scores():
     model = tiny_model("llama")
     ids, mask = random_batch(seed=6)
