@@ -85,13 +85,11 @@ class _Scorer:
     graph: ResidualGraph
     spec: ArchSpec
     token_mask: torch.Tensor  # [B, T] 1 at real tokens, 0 at padding (positions summed over)
-    dtype: torch.dtype
     scores: torch.Tensor = field(init=False)  # [B, n_src, n_dst] fp32
     outputs: torch.Tensor = field(init=False)  # [B, n_src, T, d] model dtype
     residuals: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> residual read by attention
     pending: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     leaf: torch.Tensor | None = None
-    fired: set[int] = field(default_factory=set)
 
     def allocate(self, hidden: torch.Tensor) -> None:
         B, T, d = hidden.shape
@@ -113,21 +111,20 @@ class _Scorer:
         B, T, d, m = g.shape
         o = self.outputs[:, :k].reshape(B, k, T * d)
         g = g.reshape(B, T * d, m)
+        acc = torch.float64 if o.dtype == torch.float64 else torch.float32
         out = None
-        if o.dtype != torch.float32 and o.is_cuda:
+        if o.dtype == acc:
+            out = torch.bmm(o, g.to(acc))
+        elif o.is_cuda:  # bf16/fp16 inputs, fp32 accumulation and output, where the backend offers it
             with contextlib.suppress(RuntimeError, TypeError):
                 out = torch.bmm(o, g.to(o.dtype), out_dtype=torch.float32)
-        if out is None:
-            g32 = g.float()
-            if o.dtype == torch.float32 or o.dtype == torch.float64:
-                out = torch.bmm(o.to(g32.dtype) if o.dtype == torch.float64 else o, g32)
-            else:  # low precision on CPU: cast a few sources at a time (exact products, fp32 sums)
-                chunk = max(1, (1 << 26) // max(1, T * d * B))
-                out = torch.cat([torch.bmm(o[:, i:i + chunk].float(), g32) for i in range(0, k, chunk)], dim=1)
+        if out is None:  # cast a few sources at a time: exact products, fp32 sums
+            g32 = g.to(acc)
+            chunk = max(1, (1 << 26) // max(1, T * d * B))
+            out = torch.cat([torch.bmm(o[:, i:i + chunk].to(acc), g32) for i in range(0, k, chunk)], dim=1)
         out = out.float()
         for col, j in enumerate(dsts):
             self.scores[:, :k, j] = -out[:, :, col]
-            self.fired.add(j)
 
     def direct_hook(self, dst: int) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
@@ -266,22 +263,31 @@ def _frozen_parameters(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _gradient_checkpointing(model: nn.Module, enabled: bool) -> Iterator[None]:
-    if not enabled:
-        yield
+def _execution_mode(model: nn.Module, checkpointing: bool) -> Iterator[None]:
+    was_training = model.training
+    if not checkpointing:  # eval mode: no dropout, whatever mode the caller left the model in
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train(was_training)
         return
     dropouts = {k: v for k, v in model.config.to_dict().items()
                 if "dropout" in k and isinstance(v, (int, float)) and v > 0}
     if dropouts:
         raise AttributionError(f"checkpointing runs the model in train mode, but its config has non-zero "
                                f"dropout {dropouts}; set them to 0 or attribute without checkpointing")
-    was_training = model.training
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+        model.activation_checkpointing_enable({"use_reentrant": False})
+        disable = model.activation_checkpointing_disable
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        disable = model.gradient_checkpointing_disable
+    model.train()  # HF checkpoints decoder layers only in train mode; dropout was checked to be 0
     try:
         yield
     finally:
-        model.gradient_checkpointing_disable()
+        disable()
         model.train(was_training)
 
 
@@ -305,10 +311,9 @@ def attribute(model: nn.Module, input_ids: torch.Tensor, loss_mask: torch.Tensor
     _validate(model, graph, spec, input_ids, loss_mask, attention_mask)
 
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    dtype = next(model.parameters()).dtype
-    scorer = _Scorer(graph=graph, spec=spec, token_mask=attention_mask, dtype=dtype)
+    scorer = _Scorer(graph=graph, spec=spec, token_mask=attention_mask)
     base = get_module(model, spec.base)
-    with _frozen_parameters(model), _gradient_checkpointing(model, checkpointing), \
+    with _frozen_parameters(model), _execution_mode(model, checkpointing), \
             attribution_hooks(model, graph, scorer), torch.enable_grad():
         hidden = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       use_cache=False).last_hidden_state

@@ -116,7 +116,10 @@ def test_checkpointing_gives_the_same_scores():
     plain = attribute(model, ids, mask)
     ckpt = attribute(model, ids, mask, checkpointing=True)
     assert torch.allclose(plain, ckpt, rtol=1e-6, atol=1e-9)
-    assert not model.training and not model.is_gradient_checkpointing
+    assert not model.training and not model.is_activation_checkpointing
+    model.train()
+    assert torch.equal(attribute(model, ids, mask), plain) and model.training
+    model.eval()
 
 
 # ---- the model is left as it was ------------------------------------------------------
@@ -155,7 +158,7 @@ def test_hooked_forward_is_bit_identical(family_model):
     with torch.no_grad():
         plain = model.model(input_ids=ids).last_hidden_state
     from eapbench.architectures import arch_spec
-    scorer = _Scorer(graph=graph, spec=arch_spec(model), token_mask=torch.ones_like(ids), dtype=torch.float64)
+    scorer = _Scorer(graph=graph, spec=arch_spec(model), token_mask=torch.ones_like(ids))
     with attribution_hooks(model, graph, scorer), torch.enable_grad():
         hooked = model.model(input_ids=ids).last_hidden_state
     assert torch.equal(plain, hooked.detach())
