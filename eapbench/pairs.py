@@ -303,11 +303,13 @@ def load_pairs_yaml(path: str | os.PathLike) -> tuple[PairSpec, ...]:
 
 
 def select_pairs(pairs: str | Iterable[str] = "mini", user: Iterable[str] = ()) -> tuple[PairSpec, ...]:
-    """Pairs named by ``--pairs`` (groups or ids, comma-separated) plus ``--pair`` specs or YAML files.
+    """Pairs named by ``--pairs`` (groups or ids, comma-separated; ``none`` for no registered pair)
+    plus ``--pair`` specs or YAML files.
 
     Order is preserved and duplicates are dropped; a user pair may not reuse a registered id.
     """
-    names = [x.strip() for x in (pairs.split(",") if isinstance(pairs, str) else pairs) if x.strip()]
+    names = [x.strip() for x in (pairs.split(",") if isinstance(pairs, str) else pairs)
+             if x.strip() and x.strip() != "none"]
     out: dict[str, PairSpec] = {}
     for n in names:
         for p in (group(n) if n in GROUPS + ("all",) else (get_pair(n),)):

@@ -95,7 +95,7 @@ def markdown_table(results: Sequence[Mapping[str, Any]], reference: Mapping[str,
         counts = ", ".join(f"{k} {v}" for k, v in r.get("counts", {}).items())
         sel = r.get("selection", {})
         out.append(f"| {r['pair']} | {r['dataset']} | {float(r['alpha']):g} | {counts} | "
-                   f"{sel.get('t_cut', '')} | {_num(float(sel['refer'])) if 'refer' in sel else ''} |")
+                   f"{sel.get('t_cut') or ''} | {_num(float(sel['refer'])) if sel.get('refer') is not None else ''} |")
     out.append("")
     verdict_lines = [f"- `{r['pair']}` {r['dataset']} α={float(r['alpha']):g}: {v['message']}"
                      for r in rows for c in CLAIM_ORDER if (v := r.get("verdicts", {}).get(c))]
