@@ -51,6 +51,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="recompute measurements instead of reading the on-disk measurement cache")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "claim(id): a claim test parametrized over (pair, dataset, alpha) cases")
+    config.addinivalue_line("markers", "baseline: a baseline comparison parametrized over (pair, dataset, alpha)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--benchmarks"):
         return

@@ -80,11 +80,6 @@ def build_suite(config: pytest.Config) -> Suite:
     return Suite(runner, tuple(runnable), skipped, bool(config.getini("strict")), opt("--regen-baselines"), opt("--report"))
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "claim(id): a claim test parametrized over (pair, dataset, alpha) cases")
-    config.addinivalue_line("markers", "baseline: a baseline comparison parametrized over cases")
-
-
 def get_suite(config: pytest.Config) -> Suite:
     if _SUITE not in config.stash:
         config.stash[_SUITE] = build_suite(config)
