@@ -84,11 +84,12 @@ for _t in (
     Template("r1-distill", _DEEPSEEK, max_new_tokens=32768),
     Template("qwen25-math-cot", _QWEN25_COT, max_new_tokens=8192, add_special_tokens=False),
     # the mini zoo's own format: " 5+8=13. 13-2=11. \boxed{11}" then EOS
-    Template("mini", "Problem: {question}\nSolution:", max_new_tokens=128),
+    Template("mini", "Problem: {question}\nSolution:", max_new_tokens=128, add_special_tokens=False),
     # chat models rendered by their tokenizer (SmolLM2-Instruct, OLMo-2 / Tulu-3 instruct models)
-    Template("smollm2", "{question}\n" + BOXED_INSTRUCTION, marker="The answer is", max_new_tokens=512,
+    # ("answer is" also catches "the final answer is"; small chat models rarely box their answer)
+    Template("smollm2", "{question}\n" + BOXED_INSTRUCTION, marker="answer is", max_new_tokens=512,
              chat=True, add_special_tokens=False),
-    Template("chat", "{question}\n" + BOXED_INSTRUCTION, marker="The answer is", max_new_tokens=4096,
+    Template("chat", "{question}\n" + BOXED_INSTRUCTION, marker="answer is", max_new_tokens=4096,
              chat=True, add_special_tokens=False),
 ):
     register_template(_t)

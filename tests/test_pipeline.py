@@ -131,6 +131,7 @@ def test_smollm2_answers_gsm8k_offline(monkeypatch, tmp_path):
     from eapbench.data import load_dataset
     from eapbench.generate import generate
     from eapbench.models import smollm2_checkpoint
+    from eapbench.prompts import get_template
 
     monkeypatch.delenv("EAPBENCH_CACHE")  # the converted checkpoint may come from the user's cache
     checkpoint = smollm2_checkpoint()
@@ -143,7 +144,7 @@ def test_smollm2_answers_gsm8k_offline(monkeypatch, tmp_path):
         start = time.perf_counter()
         run = generate(spec, problems, dataset="gsm8k", batch_size=20, progress=False)
         seconds = time.perf_counter() - start
-        answers = grade_run(run, problems, marker="The answer is")
+        answers = grade_run(run, problems, marker=get_template("smollm2").marker)
         n_correct = sum(a.correct for a in answers)
         n_answered = sum(a.answered for a in answers)
         print(f"\nSmolLM2-135M-Instruct on 20 GSM8K problems: {n_correct}/20 correct, {n_answered} answered, "

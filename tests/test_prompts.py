@@ -11,6 +11,7 @@ from eapbench.prompts import (BOXED_INSTRUCTION, TEMPLATES, Template, format_pro
 def test_mini_template_is_the_agreed_contract():
     assert format_prompt("mini", "Tom has 5 apples.") == "Problem: Tom has 5 apples.\nSolution:"
     assert get_template("mini").marker is None
+    assert get_template("mini").add_special_tokens is False  # as the zoo tokenizes its prompts
 
 
 def test_spec_templates_verbatim():
