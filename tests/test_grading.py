@@ -129,3 +129,21 @@ def test_integer_answers_property(n):
 @given(st.integers(1, 999), st.integers(1, 999))
 def test_fraction_equals_its_decimal(p, q):
     assert answers_equal(repr(p / q), f"\\frac{{{p}}}{{{q}}}")
+
+
+@pytest.mark.perf
+def test_bench_grade_mixed_answers(benchmark):
+    """grade() over the table's mix of numeric, LaTeX and marker answers, math-verify memo cleared each round."""
+    cases = [(c, r, m) for c, r, m, _ in GRADE_CASES]
+
+    def run():
+        _math_verify_cache_clear()
+        return sum(grade(c, r, marker=m) for c, r, m in cases)
+
+    assert benchmark(run) == sum(e for *_, e in GRADE_CASES)
+
+
+def _math_verify_cache_clear():
+    from eapbench import grading
+
+    grading._math_verify_equal.cache_clear()

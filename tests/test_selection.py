@@ -167,3 +167,15 @@ def test_matches_pandas_oracle(rows, beta, gamma, delta):
     assert sel.report.refer == pytest.approx(expected[0])
     assert list(sel.base.problem_ids) == expected[1]
     assert sel.report.t_cut == max(math.floor(0.3 * expected[0]), 1)
+
+
+@pytest.mark.perf
+def test_bench_select_pair_5000_problems(benchmark):
+    """Paired selection over a MATH-sized answer set (5000 problems, 4 alphas)."""
+    import random as _random
+
+    rng = _random.Random(0)
+    base = [ans(f"q{i}", 20, rng.randint(50, 400), rng.random() < 0.6) for i in range(5000)]
+    tuned = [ans(f"q{i}", 20, rng.randint(50, 400), rng.random() < 0.7) for i in range(5000)]
+    out = benchmark(select_pair, base, tuned, [0.03, 0.1, 0.3, 0.5])
+    assert out[0.5].report.counts["sampled"] == 100
