@@ -100,7 +100,7 @@ class SelectionReport:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["config"] = asdict(self.config)
-        d["seed"] = self.config.seed
+        d.update(d["config"])  # beta, gamma, delta, n_samples, seed also at the top level
         return d
 
     def summary(self) -> str:

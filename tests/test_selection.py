@@ -130,6 +130,10 @@ def test_report_to_dict_is_plain():
     d = rep.to_dict()
     assert d["counts"]["sampled"] == 2 and d["seed"] == 42 and d["config"]["delta"] == 0.5
     assert d["t_cut"] == 5 and d["alpha"] == 0.5
+    assert (d["beta"], d["gamma"], d["n_samples"]) == (0.5, 1.5, 100)
+    import json
+
+    assert json.loads(json.dumps(d)) == d
 
 
 # ---------------------------------------------------------------- oracle: the same protocol in pandas
