@@ -34,14 +34,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "mini: 0.3,0.5, paper: 0.03,0.1,0.3,0.5)")
     suite.addoption("--n-samples", type=int, default=100, help="paired problems N per case (SPEC §4; default 100)")
     suite.addoption("--limit", type=int, default=None,
-                    help="use at most this many dataset problems before selection (default: the dataset's size)")
+                    help="use at most this many dataset problems before selection (default: each pair's own, else all)")
     suite.addoption("--n-resamples", type=int, default=9999, help="bootstrap resamples (SPEC §6; default 9999)")
     suite.addoption("--device", default="cpu", help="torch device for generation and attribution (default cpu)")
     suite.addoption("--dtype", default=None,
                     help="model dtype (default: each pair's own; mini float32, paper/lineages bfloat16)")
     suite.addoption("--granularity", default="qkv", choices=("qkv", "block"),
                     help="residual-graph granularity (SPEC §2; default qkv)")
-    suite.addoption("--batch-size", type=int, default=8, help="batch size for generation and attribution")
+    suite.addoption("--batch-size", type=int, default=8, help="attribution batch size (default 8)")
+    suite.addoption("--gen-batch-size", type=int, default=None,
+                    help="generation batch size (default: each pair's own; mini 64, paper 8)")
     suite.addoption("--data-dir", default=None, help="folder with datasets not shipped offline (college_math)")
     suite.addoption("--regen-baselines", action="store_true", default=False,
                     help="rewrite baselines/<pair>/<dataset>/alpha-<a>.json from this run's measurements")

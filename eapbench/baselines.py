@@ -29,7 +29,7 @@ SCHEMA = 1
 VALUE_FIELDS = ("base", "tuned", "rel_change", "ci_low", "ci_high")
 # Configuration that must match for a comparison to mean anything.
 CONFIG_KEYS = ("n_samples", "seed", "beta", "gamma", "delta", "granularity", "bins",
-               "n_resamples", "bootstrap_seed", "confidence", "limit", "dataset", "alpha")
+               "n_resamples", "bootstrap_seed", "confidence", "limit", "gen_batch_size", "dataset", "alpha")
 
 
 class BaselineError(ValueError):

@@ -39,7 +39,8 @@ def _compare_parser(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--granularity", default="qkv", choices=("qkv", "block"))
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="attribution batch size")
+    p.add_argument("--gen-batch-size", type=int, default=8, help="generation batch size")
     p.add_argument("--data-dir", default=None, help="folder with datasets not shipped offline (college_math)")
     p.add_argument("--allow-tokenizer-mismatch", action="store_true")
     p.add_argument("--report", default="eapbench-report", help="output folder (default ./eapbench-report)")
@@ -56,7 +57,8 @@ def compare(args: argparse.Namespace) -> int:
     pair = pair_from_mapping({"name": args.name, "base": args.base, "tuned": args.tuned, "method": args.method,
                               "template": template, "max_new_tokens": args.max_new_tokens,
                               "datasets": args.dataset, "alphas": args.alpha, "dtype": args.dtype,
-                              "allow_tokenizer_mismatch": args.allow_tokenizer_mismatch},
+                              "allow_tokenizer_mismatch": args.allow_tokenizer_mismatch,
+                              "gen_batch_size": args.gen_batch_size, "limit": args.limit},
                              where="eapbench compare")
     for spec in pair.models:
         why = weights_missing(spec)

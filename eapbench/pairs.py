@@ -29,6 +29,8 @@ LINEAGE_DATASETS = ("math", "gsm8k")
 LINEAGE_ALPHAS = (0.1, 0.3, 0.5)
 MINI_DATASETS = ("synthetic",)
 MINI_ALPHAS = (0.3, 0.5)
+MINI_GEN_BATCH = 64
+MINI_LIMIT: int | None = None
 
 GPU_COMMAND = "pytest suites/ --pairs {group} --device cuda --dtype bfloat16"
 
@@ -49,6 +51,8 @@ class PairSpec:
     dtype: str = "float32"  # dtype the pair is meant to run in
     description: str = ""
     allow_tokenizer_mismatch: bool = False
+    gen_batch_size: int = 8  # generation batch (answers are greedy; mini models afford large batches)
+    limit: int | None = None  # dataset problems used before selection (None: the whole dataset)
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -168,7 +172,7 @@ def _mini(id: str, tuned: str, method: str, description: str) -> PairSpec:
         base=ModelSpec(ZOO_PREFIX + "sft", "mini", max_new_tokens=128, name="mini-sft"),
         tuned=ModelSpec(ZOO_PREFIX + tuned, "mini", max_new_tokens=128, name=f"mini-{tuned}"),
         datasets=MINI_DATASETS, alphas=MINI_ALPHAS, requires_gpu=False, dtype="float32",
-        description=description)
+        gen_batch_size=MINI_GEN_BATCH, limit=MINI_LIMIT, description=description)
 
 
 _OLMO = "allenai/OLMo-2-0425-1B-"
@@ -221,7 +225,7 @@ def get_pair(pair_id: str) -> PairSpec:
 
 # --------------------------------------------------------------------------- user pairs
 
-_PAIR_KEYS = {"name", "base", "tuned", "method", "template", "family", "max_new_tokens",
+_PAIR_KEYS = {"name", "base", "tuned", "method", "template", "family", "max_new_tokens", "gen_batch_size", "limit",
               "datasets", "alphas", "dtype", "requires_gpu", "base_revision", "tuned_revision",
               "allow_tokenizer_mismatch", "description"}
 
@@ -263,6 +267,8 @@ def pair_from_mapping(d: Mapping[str, Any], *, where: str = "pair") -> PairSpec:
         alphas=seq("alphas", float, (0.3,)),
         dtype=str(d.get("dtype") or "float32"), requires_gpu=flag("requires_gpu"),
         allow_tokenizer_mismatch=flag("allow_tokenizer_mismatch"),
+        gen_batch_size=int(d.get("gen_batch_size") or 8),
+        limit=int(d["limit"]) if d.get("limit") not in (None, "") else None,
         description=str(d.get("description") or f"user pair {base} -> {tuned}"))
 
 

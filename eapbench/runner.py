@@ -47,18 +47,25 @@ class RunConfig:
     bootstrap_seed: int = 0
     confidence: float = 0.95
     bins: int = 100
-    batch_size: int = 8
-    limit: int | None = None  # at most this many dataset problems (None: the whole dataset)
+    batch_size: int = 8  # attribution batch
+    gen_batch_size: int | None = None  # generation batch (None: each pair's own)
+    limit: int | None = None  # at most this many dataset problems (None: each pair's own, else all)
     data_dir: str | None = None
     progress: bool = True
 
     def dtype_for(self, pair: PairSpec) -> str:
         return self.dtype or pair.dtype
 
+    def limit_for(self, pair: PairSpec) -> int | None:
+        return self.limit if self.limit is not None else pair.limit
+
+    def gen_batch_for(self, pair: PairSpec) -> int:
+        return self.gen_batch_size or pair.gen_batch_size
+
     def key_dict(self, pair: PairSpec) -> dict[str, Any]:
         d = asdict(self)
         d.pop("progress")
-        d["dtype"] = self.dtype_for(pair)
+        d.update(dtype=self.dtype_for(pair), limit=self.limit_for(pair), gen_batch_size=self.gen_batch_for(pair))
         return d
 
 
@@ -227,8 +234,8 @@ class Runner:
         try:
             selections = pipeline.prepare_pair(
                 r.base, r.tuned, dataset, list(alphas), n_samples=cfg.n_samples, seed=cfg.seed,
-                beta=cfg.beta, gamma=cfg.gamma, delta=cfg.delta, limit=cfg.limit, device=cfg.device,
-                dtype=dtype, batch_size=cfg.batch_size, allow_tokenizer_mismatch=pair.allow_tokenizer_mismatch,
+                beta=cfg.beta, gamma=cfg.gamma, delta=cfg.delta, limit=cfg.limit_for(pair), device=cfg.device,
+                dtype=dtype, batch_size=cfg.gen_batch_for(pair), allow_tokenizer_mismatch=pair.allow_tokenizer_mismatch,
                 cache=True, data_dir=cfg.data_dir, progress=cfg.progress)
         except EmptySelectionError as exc:  # a real outcome (e.g. no problem both models solve): reported
             log.warning("%s on %s: %s", pair.id, dataset, exc)
