@@ -30,6 +30,7 @@ LINEAGE_ALPHAS = (0.1, 0.3, 0.5)
 MINI_DATASETS = ("synthetic",)
 MINI_ALPHAS = (0.3, 0.5)
 MINI_GEN_BATCH = 64
+MINI_MAX_NEW_TOKENS = 64  # reference solutions take at most 42 tokens of the zoo tokenizer (+ EOS)
 MINI_LIMIT: int | None = None
 
 GPU_COMMAND = "pytest suites/ --pairs {group} --device cuda --dtype bfloat16"
@@ -169,8 +170,8 @@ def _lineage(id: str, base: str, tuned: str, method: str, family: str, template:
 def _mini(id: str, tuned: str, method: str, description: str) -> PairSpec:
     return PairSpec(
         id=id, method=method, family="mini", group="mini",
-        base=ModelSpec(ZOO_PREFIX + "sft", "mini", max_new_tokens=128, name="mini-sft"),
-        tuned=ModelSpec(ZOO_PREFIX + tuned, "mini", max_new_tokens=128, name=f"mini-{tuned}"),
+        base=ModelSpec(ZOO_PREFIX + "sft", "mini", max_new_tokens=MINI_MAX_NEW_TOKENS, name="mini-sft"),
+        tuned=ModelSpec(ZOO_PREFIX + tuned, "mini", max_new_tokens=MINI_MAX_NEW_TOKENS, name=f"mini-{tuned}"),
         datasets=MINI_DATASETS, alphas=MINI_ALPHAS, requires_gpu=False, dtype="float32",
         gen_batch_size=MINI_GEN_BATCH, limit=MINI_LIMIT, description=description)
 
