@@ -44,6 +44,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     suite.addoption("--batch-size", type=int, default=8, help="attribution batch size (default 8)")
     suite.addoption("--gen-batch-size", type=int, default=None,
                     help="generation batch size (default: each pair's own; mini 64, paper 8)")
+    suite.addoption("--threads", type=int, default=1,
+                    help="torch CPU threads while measuring (default 1: steady on shared CPUs, reproducible; 0 = torch default)")
     suite.addoption("--data-dir", default=None, help="folder with datasets not shipped offline (college_math)")
     suite.addoption("--regen-baselines", action="store_true", default=False,
                     help="rewrite baselines/<pair>/<dataset>/alpha-<a>.json from this run's measurements")

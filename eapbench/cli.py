@@ -41,6 +41,7 @@ def _compare_parser(sub) -> None:
     p.add_argument("--granularity", default="qkv", choices=("qkv", "block"))
     p.add_argument("--batch-size", type=int, default=8, help="attribution batch size")
     p.add_argument("--gen-batch-size", type=int, default=8, help="generation batch size")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 = torch default)")
     p.add_argument("--data-dir", default=None, help="folder with datasets not shipped offline (college_math)")
     p.add_argument("--allow-tokenizer-mismatch", action="store_true")
     p.add_argument("--report", default="eapbench-report", help="output folder (default ./eapbench-report)")
@@ -67,7 +68,7 @@ def compare(args: argparse.Namespace) -> int:
             return 2
     cfg = RunConfig(n_samples=args.n_samples, granularity=args.granularity, device=args.device, dtype=args.dtype,
                     n_resamples=args.n_resamples, batch_size=args.batch_size, limit=args.limit,
-                    data_dir=args.data_dir)
+                    data_dir=args.data_dir, threads=args.threads or None)
     runner = Runner([pair], cfg)
     for dataset, alpha in runner.cases(pair):
         runner.verdicts(pair, dataset, alpha)

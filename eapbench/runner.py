@@ -51,6 +51,7 @@ class RunConfig:
     gen_batch_size: int | None = None  # generation batch (None: each pair's own)
     limit: int | None = None  # at most this many dataset problems (None: each pair's own, else all)
     data_dir: str | None = None
+    threads: int | None = 1  # torch CPU threads while measuring (None: leave torch's setting); recorded
     progress: bool = True
 
     def dtype_for(self, pair: PairSpec) -> str:
@@ -216,6 +217,19 @@ class Runner:
         return self._memo[cid]
 
     def _compute(self, pair: PairSpec, dataset: str, alphas: Sequence[float]) -> list[Measurement]:
+        import torch
+
+        before = torch.get_num_threads()
+        if self.config.threads:
+            # One thread is both steadier on a shared 2-core machine (2 threads there ran generation
+            # 30x slower under load) and reproducible: the thread count changes float sums.
+            torch.set_num_threads(self.config.threads)
+        try:
+            return self._compute_inner(pair, dataset, alphas)
+        finally:
+            torch.set_num_threads(before)
+
+    def _compute_inner(self, pair: PairSpec, dataset: str, alphas: Sequence[float]) -> list[Measurement]:
         import torch
 
         from . import pipeline

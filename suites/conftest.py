@@ -61,7 +61,7 @@ def build_suite(config: pytest.Config) -> Suite:
     device = opt("--device")
     cfg = RunConfig(n_samples=opt("--n-samples"), granularity=opt("--granularity"), device=device,
                     dtype=opt("--dtype"), n_resamples=opt("--n-resamples"), batch_size=opt("--batch-size"),
-                    gen_batch_size=opt("--gen-batch-size"),
+                    gen_batch_size=opt("--gen-batch-size"), threads=opt("--threads") or None,
                     limit=opt("--limit"), data_dir=opt("--data-dir"))
     runnable, skipped = [], {}
     chosen = {p.id for p in selected}

@@ -59,7 +59,7 @@ class Config:
     def __init__(self, **opts):
         self.opts = {"--pairs": "mini", "--pair": [], "--alphas": None, "--datasets": None, "--device": "cpu",
                      "--n-samples": 100, "--granularity": "qkv", "--dtype": None, "--n-resamples": 9999,
-                     "--batch-size": 8, "--gen-batch-size": None, "--limit": None, "--data-dir": None, "--regen-baselines": False,
+                     "--batch-size": 8, "--gen-batch-size": None, "--threads": 1, "--limit": None, "--data-dir": None, "--regen-baselines": False,
                      "--report": None, "--no-suite-cache": False, **opts}
 
     def getoption(self, name):
