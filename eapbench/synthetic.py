@@ -37,10 +37,10 @@ class SyntheticConfig:
 
     min_steps: int = 2
     max_steps: int = 4
-    max_start: int = 30
-    max_operand: int = 30
-    max_value: int = 120
-    p_multiply: float = 0.2
+    max_start: int = 20
+    max_operand: int = 9
+    max_value: int = 50
+    p_multiply: float = 0.1
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_steps <= self.max_steps:
@@ -91,10 +91,14 @@ def _one(rng: random.Random, cfg: SyntheticConfig) -> tuple[str, str, int, list[
 
 
 def generate_problems(n: int, seed: int, *, min_steps: int = 2, max_steps: int = 4,
-                      max_start: int = 30, max_operand: int = 30, max_value: int = 120,
-                      p_multiply: float = 0.2, exclude: frozenset[str] | set[str] = frozenset(),
+                      max_start: int = 20, max_operand: int = 9, max_value: int = 50,
+                      p_multiply: float = 0.1, exclude: frozenset[str] | set[str] = frozenset(),
                       id_prefix: str = "synthetic") -> list[Problem]:
-    """``n`` distinct problems, deterministic per ``(seed, knobs)``.
+    """``n`` distinct problems, deterministic per ``(seed, knobs)``; a prefix of any larger ``n``.
+
+    The defaults are the mini zoo's training distribution. The zoo holds out
+    ``generate_problems(1000, 0)`` (what ``eapbench.data.load_dataset("synthetic")`` returns) from
+    every training pool, so seed 0 is the evaluation set.
 
     ``answer`` is the final integer as a string; ``solution`` the reference equations ending
     in ``\\boxed{answer}``. Questions in ``exclude`` (e.g. a training set's) are skipped, so

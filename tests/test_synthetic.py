@@ -55,7 +55,7 @@ def test_problems_are_well_formed_and_correct(seed, lo, extra):
         assert p.solution.count("=") == p.meta["steps"]
         assert verify_solution(p)
         assert _evaluate_story(p.question) == int(p.answer)
-        assert 0 <= int(p.answer) <= 120
+        assert 0 <= int(p.answer) <= 50
 
 
 def test_reference_solutions_grade_correct_and_wrong_answers_do_not():
