@@ -41,6 +41,11 @@ class ClaimSet:
     min_effect: float = 0.0
     min_samples: int = 10
     source: str = ""
+    known_deviations: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # pair -> claim -> why
+
+    def deviation(self, pair_id: str, claim_id: str) -> str | None:
+        """The recorded reason if this pair is known to contradict this claim, else None."""
+        return self.known_deviations.get(pair_id, {}).get(claim_id)
 
     def __iter__(self):
         return iter(self.claims)
@@ -103,9 +108,14 @@ def load_claims(path: str | Path | None = None) -> ClaimSet:
         claims.append(Claim(id=str(cid), test=str(c["test"]), metric=c.get("metric"),
                             title=str(c.get("title", cid)), expect=dict(c["expect"]),
                             band=float(c.get("band", 0.0))))
+    known = data.get("known_deviations") or {}
+    ids = {c.id for c in claims}
+    if not isinstance(known, dict) or any(not isinstance(v, dict) or set(v) - ids for v in known.values()):
+        raise ValueError(f"{p}: known_deviations must map pair id -> claim id ({sorted(ids)}) -> reason")
     return ClaimSet(claims=tuple(claims), method_classes=dict(data["method_classes"]),
                     min_effect=float(data.get("min_effect", 0.0)),
-                    min_samples=int(data.get("min_samples", 10)), source=str(p))
+                    min_samples=int(data.get("min_samples", 10)), source=str(p),
+                    known_deviations={str(k): {str(c): str(r) for c, r in v.items()} for k, v in known.items()})
 
 
 def _pct(x: float) -> str:

@@ -51,7 +51,7 @@ def cell(result: Mapping[str, Any], metric: str, claim: str | None = None) -> st
          f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}])")
     v = result.get("verdicts", {}).get(claim) if claim else None
     if v:
-        s += f" **{STATUS_MARK.get(v['status'], v['status'])}**"
+        s += f" **{STATUS_MARK.get(v['status'], v['status'])}**" + (" (known deviation)" if v.get("known_deviation") and v["status"] == "fail" else "")
     return s
 
 
@@ -119,7 +119,8 @@ def summary_lines(results: Sequence[Mapping[str, Any]], skipped: Mapping[str, st
                     continue
                 res = v.get("details", {}).get("result")
                 change = f" {_pct(res['rel_change'])} [{_pct(res['ci_low'])}, {_pct(res['ci_high'])}]" if res else ""
-                parts.append(f"{r['dataset']} a{float(r['alpha']):g} {STATUS_MARK.get(v['status'], v['status'])}{change}")
+                mark = STATUS_MARK.get(v["status"], v["status"]) + ("(known)" if v.get("known_deviation") and v["status"] == "fail" else "")
+                parts.append(f"{r['dataset']} a{float(r['alpha']):g} {mark}{change}")
             if parts:
                 kind = next(r["verdicts"][c]["expectation"] for r in rs if c in r.get("verdicts", {}))
                 lines.append(f"{pair:<20} {c} {kind:<11} " + "; ".join(parts))

@@ -391,7 +391,8 @@ class Runner:
         for m in sorted(self._memo.values(), key=lambda m: m.id):
             d = m.to_dict()
             try:
-                d["verdicts"] = {k: v.to_dict() for k, v in self.verdicts(m.pair, m.dataset, m.alpha).items()}
+                d["verdicts"] = {k: {**v.to_dict(), "known_deviation": self.claims.deviation(m.pair, k)}
+                                 for k, v in self.verdicts(m.pair, m.dataset, m.alpha).items()}
             except Exception as exc:  # a failing comparator must not hide the rest of the report
                 d["verdicts"] = {}
                 d["verdict_error"] = f"{type(exc).__name__}: {exc}"

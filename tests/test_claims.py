@@ -120,3 +120,16 @@ def test_malformed_expectations_are_named(tmp_path):
         C.load_claims(tmp_path / "missing.yaml")
     with pytest.raises(KeyError, match="method 'rloo' has no class"):
         C.load_claims().method_class("rloo")
+
+
+def test_known_deviations_are_read_and_validated(tmp_path, claims):
+    for pair, entries in claims.known_deviations.items():
+        assert set(entries) <= {c.id for c in claims} and all(entries.values())
+    f = tmp_path / "e.yaml"
+    f.write_text("method_classes: {grpo: online}\nclaims:\n  C1: {test: t, metric: intensity, expect: {online: increase}}\n"
+                 "known_deviations: {p: {C9: why}}\n")
+    with pytest.raises(ValueError, match="known_deviations must map"):
+        C.load_claims(f)
+    f.write_text("method_classes: {grpo: online}\nclaims:\n  C1: {test: t, metric: intensity, expect: {online: increase}}\n"
+                 "known_deviations: {p: {C1: why}}\n")
+    assert C.load_claims(f).deviation("p", "C1") == "why" and C.load_claims(f).deviation("p", "C2") is None

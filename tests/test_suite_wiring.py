@@ -27,9 +27,10 @@ claims_suite = _load("suite_test_claims", "suites/test_claims.py")
 suite_conftest = _load("suite_conftest", "suites/conftest.py")
 
 
-def fake_suite(status: str, strict: bool = False):
+def fake_suite(status: str, strict: bool = False, known: str | None = None):
     v = ClaimVerdict("C1", status, "C1 Activation Intensity 1 -> 1.1: intensity +10.0% [-2.0%, +20.0%], n=50", "increase")
-    runner = types.SimpleNamespace(verdict=lambda *a: v)
+    claims = types.SimpleNamespace(deviation=lambda pair, claim: known)
+    runner = types.SimpleNamespace(verdict=lambda *a: v, claims=claims)
     case = types.SimpleNamespace(pair="p", dataset="d", alpha=0.3, id="p-d-a0.3")
     return types.SimpleNamespace(runner=runner, strict=strict), case
 
@@ -91,3 +92,12 @@ def test_bad_pair_option_is_a_usage_error():
         suite_conftest.build_suite(Config(**{"--pair": ["name=u,base=a/b,tuned=a/c,method=magic"]}))
     with pytest.raises(pytest.UsageError, match="unknown pair 'minis'"):
         suite_conftest.build_suite(Config(**{"--pairs": "minis"}))
+
+
+def test_known_deviation_is_an_xfail_that_cannot_go_stale():
+    with pytest.raises(pytest.xfail.Exception, match=r"known deviation.*\(why\).*\[-2.0%, \+20.0%\]"):
+        claims_suite.check(*fake_suite("fail", known="why"), "C1")
+    with pytest.raises(pytest.fail.Exception, match=r"p-d-a0.3: .*\[-2.0%"):
+        claims_suite.check(*fake_suite("fail", strict=True, known="why"), "C1")
+    with pytest.raises(pytest.fail.Exception, match="listed under known_deviations.*remove that entry"):
+        claims_suite.check(*fake_suite("pass", known="why"), "C1")
