@@ -31,7 +31,8 @@ def _compare_parser(sub) -> None:
     p.add_argument("--template", default=None,
                    help="prompt template: a registered name (eapbench.prompts) or a format string with {question}; "
                         "default 'mini' for zoo: models, else 'chat'")
-    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer length cap (default 64 for the mini template, else 1024)")
     p.add_argument("--name", default="user-pair", help="pair name used in reports (default user-pair)")
     p.add_argument("--n-samples", type=int, default=100)
     p.add_argument("--limit", type=int, default=None, help="at most this many dataset problems")
@@ -40,7 +41,8 @@ def _compare_parser(sub) -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--granularity", default="qkv", choices=("qkv", "block"))
     p.add_argument("--batch-size", type=int, default=8, help="attribution batch size")
-    p.add_argument("--gen-batch-size", type=int, default=8, help="generation batch size")
+    p.add_argument("--gen-batch-size", type=int, default=None,
+                   help="generation batch size (default 64 for the mini template, else 8)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 = torch default)")
     p.add_argument("--data-dir", default=None, help="folder with datasets not shipped offline (college_math)")
     p.add_argument("--allow-tokenizer-mismatch", action="store_true")
@@ -54,12 +56,17 @@ def compare(args: argparse.Namespace) -> int:
     from .report import summary_lines, write_report
     from .runner import RunConfig, Runner
 
+    from .pairs import MINI_GEN_BATCH, MINI_MAX_NEW_TOKENS
+
     template = args.template or ("mini" if args.base.startswith("zoo:") else "chat")
+    mini = template == "mini"
+    max_new = args.max_new_tokens or (MINI_MAX_NEW_TOKENS if mini else 1024)
+    gen_batch = args.gen_batch_size or (MINI_GEN_BATCH if mini else 8)
     pair = pair_from_mapping({"name": args.name, "base": args.base, "tuned": args.tuned, "method": args.method,
-                              "template": template, "max_new_tokens": args.max_new_tokens,
+                              "template": template, "max_new_tokens": max_new,
                               "datasets": args.dataset, "alphas": args.alpha, "dtype": args.dtype,
                               "allow_tokenizer_mismatch": args.allow_tokenizer_mismatch,
-                              "gen_batch_size": args.gen_batch_size, "limit": args.limit},
+                              "gen_batch_size": gen_batch, "limit": args.limit},
                              where="eapbench compare")
     for spec in pair.models:
         why = weights_missing(spec)
