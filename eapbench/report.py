@@ -193,7 +193,7 @@ def figures(results: Sequence[Mapping[str, Any]], outdir: str | Path) -> list[Pa
         ax.set_xticks(x, [f"{r['pair']}\n{r['dataset']} a{float(r['alpha']):g}" for r in div], fontsize=6)
         ax.set_ylabel("inter-sample diversity 1 - mean corr")
         ax.set_title("Inter-sample diversity, base vs tuned (paper Fig. 3a)", fontsize=9)
-        ax.legend()
+        ax.legend(loc="lower right", framealpha=0.9)
         fig.tight_layout()
         paths.append(_save(fig, out / "fig3a-diversity.png"))
         plt.close(fig)
