@@ -89,7 +89,11 @@ class _Scorer:
     outputs: torch.Tensor = field(init=False)  # [B, n_src, T, d] model dtype
     residuals: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> residual read by attention
     pending: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    attn_norms: dict[int, nn.Module | None] = field(default_factory=dict)  # layer -> norm before q/k/v
     leaf: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.has_padding = not bool(self.token_mask.bool().all())
 
     def allocate(self, hidden: torch.Tensor) -> None:
         B, T, d = hidden.shape
@@ -103,11 +107,13 @@ class _Scorer:
 
     # -- destinations --------------------------------------------------------------------
     def contract(self, dsts: list[int], grads: list[torch.Tensor]) -> None:
-        """scores[:, :k, dst] = −Σ_{t,d} O[:, :k] · g_dst, fp32 accumulation, padding excluded."""
-        k = self.graph.n_upstream(dsts[0])
-        assert all(self.graph.n_upstream(j) == k for j in dsts)
-        mask = self.token_mask[:, :, None].to(grads[0].dtype)
-        g = torch.stack([gr * mask for gr in grads], dim=-1)  # [B, T, d, m]
+        """scores[:, :k_j, j] = −Σ_{t,d} O[:, :k_j] · g_j for each destination j (k_j its upstream
+        sources), in one batched product over the largest k; fp32 accumulation, padding excluded."""
+        ks = [self.graph.n_upstream(j) for j in dsts]
+        k = max(ks)
+        g = torch.stack(grads, dim=-1)  # [B, T, d, m]
+        if self.has_padding:
+            g = g * self.token_mask[:, :, None, None].to(g.dtype)
         B, T, d, m = g.shape
         o = self.outputs[:, :k].reshape(B, k, T * d)
         g = g.reshape(B, T * d, m)
@@ -123,37 +129,43 @@ class _Scorer:
             chunk = max(1, (1 << 26) // max(1, T * d * B))
             out = torch.cat([torch.bmm(o[:, i:i + chunk].to(acc), g32) for i in range(0, k, chunk)], dim=1)
         out = out.float()
-        for col, j in enumerate(dsts):
-            self.scores[:, :k, j] = -out[:, :, col]
+        for col, (j, kj) in enumerate(zip(dsts, ks)):
+            self.scores[:, :kj, j] = -out[:, :kj, col]
 
     def direct_hook(self, dst: int) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
             self.contract([dst], [grad])
         return hook
 
-    def branch_hook(self, layer: int, branch: str, norm: nn.Module | None) -> Callable[[torch.Tensor], None]:
-        """Gradient reaching q/k/v's private input; once all three arrived, pull them through the norm."""
+    def layer_hook(self, layer: int, slot: str) -> Callable[[torch.Tensor], None]:
+        """At "qkv" granularity a layer's four destinations are contracted together: the MLP's
+        gradient (slot "m", already at the residual) waits for q, k and v, whose gradients reach
+        their private inputs after the norm and are pulled back through it in :meth:`flush_layer`."""
         def hook(grad: torch.Tensor) -> None:
             got = self.pending.setdefault(layer, {})
-            got[branch] = grad
-            if len(got) == len(QKV):
-                self.flush_layer(layer, norm)
+            got[slot] = grad
+            if len(got) == len(QKV) + 1:
+                self.flush_layer(layer)
         return hook
 
-    def flush_layer(self, layer: int, norm: nn.Module | None) -> None:
+    def flush_layer(self, layer: int) -> None:
         got = self.pending.pop(layer, {})
-        if not got:
-            return
         branches = [b for b in QKV if b in got]
         grads = [got[b] for b in branches]
-        if norm is not None:
+        norm = self.attn_norms.get(layer)
+        if grads and norm is not None:
             x = self.residuals[layer]
             with torch.enable_grad():
                 xs = x.detach().unsqueeze(0).expand(len(grads), *x.shape).reshape(-1, *x.shape[1:])
                 xs = xs.clone().requires_grad_(True)
                 (gx,) = torch.autograd.grad(norm.forward(xs), xs, torch.cat(grads, 0))
             grads = list(gx.split(x.shape[0], 0))
-        self.contract([self.graph.attn_dst(layer, b) for b in branches], grads)
+        dsts = [self.graph.attn_dst(layer, b) for b in branches]
+        if "m" in got:
+            dsts.append(self.graph.mlp_dst(layer))
+            grads.append(got["m"])
+        if dsts:
+            self.contract(dsts, grads)
 
 
 def _private_view(t: torch.Tensor, hook: Callable[[torch.Tensor], None]) -> torch.Tensor:
@@ -205,13 +217,15 @@ def attribution_hooks(model: nn.Module, graph: ResidualGraph, scorer: _Scorer) -
         for l, layer in enumerate(layers):
             fwd(get_module(layer, spec.attn_source), lambda o, s=graph.attn_src(l): scorer.store(s, o))
             fwd(get_module(layer, spec.mlp_source), lambda o, s=graph.mlp_src(l): scorer.store(s, o))
-            pre(get_module(layer, spec.mlp_reader),
-                lambda x, j=graph.mlp_dst(l): _private_view(x, scorer.direct_hook(j)))
             if graph.granularity == "block":
+                pre(get_module(layer, spec.mlp_reader),
+                    lambda x, j=graph.mlp_dst(l): _private_view(x, scorer.direct_hook(j)))
                 pre(get_module(layer, spec.attn_reader),
                     lambda x, j=graph.attn_dst(l): _private_view(x, scorer.direct_hook(j)))
                 continue
+            pre(get_module(layer, spec.mlp_reader), lambda x, l=l: _private_view(x, scorer.layer_hook(l, "m")))
             norm = get_module(layer, spec.attn_norm) if spec.attn_norm else None
+            scorer.attn_norms[l] = norm
             if norm is not None:
                 def keep_residual(x: torch.Tensor, l: int = l) -> torch.Tensor:
                     scorer.residuals[l] = x.detach()
@@ -219,7 +233,7 @@ def attribution_hooks(model: nn.Module, graph: ResidualGraph, scorer: _Scorer) -
                 pre(norm, keep_residual)
             for b in QKV:
                 proj = get_module(layer, getattr(spec, f"{b}_proj"))
-                pre(proj, lambda x, l=l, b=b, n=norm: _private_view(x, scorer.branch_hook(l, b, n)))
+                pre(proj, lambda x, l=l, b=b: _private_view(x, scorer.layer_hook(l, b)))
         pre(get_module(model, spec.final_norm),
             lambda x: _private_view(x, scorer.direct_hook(graph.logits_dst)))
         yield
@@ -323,9 +337,8 @@ def attribute(model: nn.Module, input_ids: torch.Tensor, loss_mask: torch.Tensor
             raise AttributionError(f"non-finite loss for samples {bad} of the batch; check the model's "
                                    "dtype (fp16 overflows) and the inputs")
         torch.autograd.grad(losses.sum(), [scorer.leaf])
-        for layer in list(scorer.pending):  # branches whose gradient never arrived are zero
-            scorer.flush_layer(layer, get_module(decoder_layers(model, spec)[layer], spec.attn_norm)
-                               if spec.attn_norm else None)
+        for layer in list(scorer.pending):  # destinations whose gradient never arrived score zero
+            scorer.flush_layer(layer)
     scores = scorer.scores.cpu()
     bad_rows = (~torch.isfinite(scores).flatten(1).all(1)).nonzero().flatten().tolist()
     if bad_rows:
