@@ -8,19 +8,12 @@ import types
 
 import pytest
 
-import eapbench
 from eapbench import cli
 
-from test_runner import Fake
+from test_runner import fake  # noqa: F401  (fixture: pipeline and loader faked)
 
 
-def test_compare_writes_report_and_exit_code(monkeypatch, tmp_path, capsys):
-    f = Fake()
-    mod = types.ModuleType("eapbench.pipeline")
-    mod.prepare_pair = f.prepare_pair
-    monkeypatch.setitem(sys.modules, "eapbench.pipeline", mod)
-    monkeypatch.setattr(eapbench, "pipeline", mod, raising=False)
-    monkeypatch.setattr("eapbench.models.load_model", f.load_model)
+def test_compare_writes_report_and_exit_code(fake, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("EAPBENCH_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "report"
     rc = cli.main(["compare", "--base", "tiny/base", "--tuned", "tiny/rl", "--dataset", "synthetic", "--alpha", "0.3",
@@ -33,7 +26,7 @@ def test_compare_writes_report_and_exit_code(monkeypatch, tmp_path, capsys):
     assert set(data["results"][0]["verdicts"]) == {"C1", "C2", "C3", "C4", "C5"}
     assert "user-pair" in text and "C1 increase" in text and "report:" in text
     assert (out / "table1.md").is_file()
-    assert f.prepare_calls == [("tiny/base", "tiny/rl", "synthetic", (0.3,))]
+    assert fake.prepare_calls == [("tiny/base", "tiny/rl", "synthetic", (0.3,))]
 
 
 def test_compare_missing_local_model_is_a_clear_error(tmp_path, capsys):
