@@ -22,7 +22,7 @@ from eapbench.zoo.grpo import group_advantages, train_grpo
 from eapbench.zoo.model import load_checkpoint, make_model, save_checkpoint
 from eapbench.zoo.ppo import gae, train_ppo
 from eapbench.zoo.rl import PostTrainConfig, k3_kl
-from eapbench.zoo.sft import SFTConfig, train_sft
+from eapbench.zoo.sft import SFTConfig, cosine_lr, train_sft
 from eapbench.zoo.task import (answer_text, completion_logprobs, encode_answers, encode_prompts, prompt_text,
                                sample)
 from eapbench.zoo.tokenizer import build_tokenizer
@@ -203,6 +203,18 @@ def test_sft_deterministic_and_loss_falls(tiny):
     assert _same(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
     losses = [h["loss"] for h in runs[0][1]]
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5
+
+
+def test_cosine_lr_warms_up_then_decays_to_its_floor():
+    peak, total, warm = 3e-3, 100, 10
+    lrs = [cosine_lr(s, total, warm, peak, 0.1) for s in range(total)]
+    assert lrs[0] == pytest.approx(peak / warm) and lrs[warm - 1] == pytest.approx(peak)
+    assert all(a >= b for a, b in zip(lrs[warm - 1:], lrs[warm:]))
+    assert cosine_lr(total, total, warm, peak, 0.1) == pytest.approx(0.1 * peak)
+    assert cosine_lr(10 * total, total, warm, peak, 0.1) == pytest.approx(0.1 * peak)
+    assert cosine_lr(total, total, warm, peak) == pytest.approx(0.0)
+    assert SFTConfig().min_lr_ratio * SFTConfig().lr >= PostTrainConfig().lr, \
+        "the sft model must end at a learning rate no smaller than post-training's"
 
 
 def _token_reward(tok):

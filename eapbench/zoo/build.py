@@ -105,8 +105,7 @@ def _evaluate(folder: Path, heldout, grade, threads: int) -> dict[str, Any]:
 def _common_card(recipe: ZooRecipe, name: str, wall: float, load_before, grade_name: str) -> dict[str, Any]:
     return {"name": name, "prompt_template": PROMPT_TEMPLATE, "threads": recipe.threads,
             "wall_time_s": round(wall, 1), "cpu_count": os.cpu_count(),
-            "timing_note": "wall time on a shared machine: other processes ran alongside (see the load "
-                           "averages), so it is pessimistic for an idle 2-core CPU",
+            "timing_note": "wall time of this run; the load averages show what else the machine was doing",
             "load_average_at_start": list(load_before), "load_average_at_end": list(os.getloadavg()),
             "grader": grade_name, "stored_dtype": "bfloat16", "model_config": recipe.model.to_dict(),
             "data": {"sft_pool": [recipe.sft_pool_size, recipe.sft_pool_seed],

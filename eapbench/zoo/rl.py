@@ -19,7 +19,7 @@ from .task import encode_prompts, rewards, sample
 
 @dataclass(frozen=True)
 class PostTrainConfig:
-    steps: int = 30
+    steps: int = 60
     prompts_per_step: int = 16
     samples_per_prompt: int = 8
     temperature: float = 1.0
