@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import functools
 import platform
 import subprocess
 from dataclasses import dataclass
@@ -95,8 +96,13 @@ def load_tolerance(device: str, dtype: str, path: str | Path | None = None) -> T
         raise BaselineError(f"tolerance file {p}: entry {key!r} needs numeric rtol and atol ({exc})") from exc
 
 
+@functools.lru_cache(maxsize=None)
 def git_commit(root: str | Path = ROOT) -> str:
-    """``<sha>`` of HEAD, with ``+dirty`` when tracked files differ; ``unknown`` outside git."""
+    """``<sha>`` of HEAD, with ``+dirty`` when tracked files differ; ``unknown`` outside git.
+
+    Read once per process, so a regeneration that rewrites tracked baseline files records the
+    state it started from, not the files it has written so far.
+    """
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
