@@ -10,9 +10,9 @@ reference values (SPEC §8) in ``baselines/paper_reference.yaml``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-import functools
 import platform
 import subprocess
 from dataclasses import dataclass
