@@ -349,11 +349,8 @@ def test_shipped_zoo_band_budget_and_size():
     assert total < 12 * 2**20
 
 
-@pytest.mark.xfail(strict=True, reason="known shortfall of the shipped zoo (issue 5 acceptance): held-out greedy "
-                   "accuracy sft 0.634 vs grpo 0.564, grpo-t0.6 0.582, ppo 0.590 -- online RL did not beat sft "
-                   "at this budget; strict, so a rebuilt zoo that meets the criterion makes this test fail "
-                   "until the marker is removed")
 def test_shipped_online_models_beat_sft():
+    """Issue 5's acceptance: every online post-trained model beats its SFT parent on held-out greedy accuracy."""
     cards = {n: read_card(checkpoint_path(n)) for n in NAMES}
     sft = cards["sft"]["heldout_accuracy"]
     online = [n for n in NAMES if cards[n]["method"] in ("grpo", "ppo")]
@@ -362,21 +359,34 @@ def test_shipped_online_models_beat_sft():
         assert cards[name]["heldout_accuracy"] > sft, (name, cards[name]["heldout_accuracy"], sft)
 
 
-def test_shipped_sft_card_reproduces_from_the_weights():
-    """The card's data section is the default recipe's, and greedy held-out accuracy re-measures exactly."""
+@pytest.fixture(scope="module")
+def default_heldout():
+    from eapbench.zoo.build import ZooRecipe
+
+    return problem_sets(ZooRecipe())[2]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_card_reproduces_from_the_weights(name, default_heldout):
+    """The card's data section and hyper-parameters are the default recipe's, and its greedy
+    held-out accuracy re-measures exactly from the shipped weights."""
     from dataclasses import asdict
 
-    from eapbench.zoo.build import ZooRecipe
+    from eapbench.zoo.build import CHILDREN, ZooRecipe
     from eapbench.zoo.task import accuracy
 
     recipe = ZooRecipe()
-    card = read_card(checkpoint_path("sft"))
+    card = read_card(checkpoint_path(name))
     assert card["data"]["knobs"] == asdict(recipe.task)
     assert card["data"]["heldout"] == [recipe.heldout_size, recipe.heldout_seed]
     assert card["data"]["post_pool"] == [recipe.post.problems_used(), recipe.post_pool_seed]
-    heldout = problem_sets(recipe)[2]
-    model, tok = load_checkpoint(checkpoint_path("sft"))
-    assert accuracy(model, tok, heldout, grade) == card["heldout_accuracy"]
+    if name == "sft":
+        assert card["hyperparameters"] == recipe.sft.to_dict()
+    else:
+        expected = replace(recipe.post, temperature=CHILDREN[name][1]).to_dict()
+        assert {k: expected[k] for k in card["hyperparameters"]} == card["hyperparameters"]
+    model, tok = load_checkpoint(checkpoint_path(name))
+    assert accuracy(model, tok, default_heldout, grade) == card["heldout_accuracy"]
 
 
 def test_checkpoint_path_rejects_unknown_names():
