@@ -50,9 +50,12 @@ def cell(result: Mapping[str, Any], metric: str, claim: str | None = None) -> st
     s = (f"{_num(r['base'])} → {_num(r['tuned'])} ({_pct(r['rel_change'])} "
          f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}])")
     v = result.get("verdicts", {}).get(claim) if claim else None
-    if v:
-        s += f" **{STATUS_MARK.get(v['status'], v['status'])}**" + (" (known deviation)" if v.get("known_deviation") and v["status"] == "fail" else "")
-    return s
+    return s + (" " + _verdict_mark(v) if v else "")
+
+
+def _verdict_mark(v: Mapping[str, Any]) -> str:
+    known = " (known deviation)" if v.get("known_deviation") and v["status"] == "fail" else ""
+    return f"**{STATUS_MARK.get(v['status'], v['status'])}**{known}"
 
 
 def markdown_table(results: Sequence[Mapping[str, Any]], reference: Mapping[str, Any] | None = None) -> str:
@@ -84,7 +87,7 @@ def markdown_table(results: Sequence[Mapping[str, Any]], reference: Mapping[str,
         c6 = r.get("verdicts", {}).get("C6")
         out.append(f"| {r['pair']} | {r['dataset']} | {float(r['alpha']):g} | "
                    + " | ".join(cell(r, m, c) for c, m, _ in EXTRA_METRICS)
-                   + f" | {STATUS_MARK.get(c6['status'], c6['status']) if c6 else '—'} |")
+                   + f" | {_verdict_mark(c6) if c6 else '—'} |")
     out.append("")
     if paper_lines:
         out += ["## eapbench beside the paper (relative change; absolute values are not comparable, SPEC §8)", "",

@@ -43,6 +43,17 @@ def test_markdown_table1_layout_and_paper_column():
     assert "counts" in md and "problems 500, sampled 100" in md
 
 
+
+def test_markdown_table_marks_known_deviations_in_every_column():
+    row = result("mini-dpo", "dpo", 0.3, 0.5, "fail")
+    row["verdicts"]["C1"]["known_deviation"] = "recorded"
+    row["verdicts"]["C6"] = {"claim": "C6", "status": "fail", "message": "C6 message", "known_deviation": "recorded"}
+    md = R.markdown_table([row])
+    line1 = next(x for x in md.splitlines() if x.startswith("| mini-dpo | dpo |"))
+    assert line1.count("**FAIL** (known deviation)") == 1  # C1 only: C2/C3 carry no known deviation
+    line6 = next(x for x in md.splitlines() if x.startswith("| mini-dpo | math | 0.3 |"))
+    assert line6.endswith("| **FAIL** (known deviation) |")
+
 def test_summary_one_line_per_pair_and_claim():
     rows = [result("a", "grpo", 0.1, 0.2), result("a", "grpo", 0.3, 0.2), result("b", "grpo", 0.1, 0.2)]
     lines = R.summary_lines(rows, {"deepseek-math-grpo": "needs a CUDA GPU"})
