@@ -3,7 +3,8 @@
 - ``eapbench compare --base X --tuned Y --dataset gsm8k --alpha 0.3 [--method grpo]``: the suite's
   measurement, verdicts and report for a new pair, without writing tests;
 - ``eapbench pairs [GROUP]``: the registered pairs and whether they can run here;
-- ``eapbench zoo train ...``: rebuild the mini zoo (forwards to :mod:`eapbench.zoo.build`).
+- ``eapbench zoo train ...``: rebuild the mini zoo (forwards to :mod:`eapbench.zoo.build`);
+  ``eapbench zoo eval``: each child vs sft on held-out problems (:mod:`eapbench.zoo.evaluate`).
 """
 
 from __future__ import annotations
@@ -106,10 +107,15 @@ def zoo(argv: Sequence[str]) -> int:
         print(f"eapbench zoo: the zoo builder is not available ({exc})", file=sys.stderr)
         return 2
     argv = list(argv)
+    if argv[:1] == ["eval"]:
+        from .zoo.evaluate import main as eval_main
+
+        return int(eval_main(argv[1:]) or 0)
     if argv[:1] == ["train"]:
         argv = argv[1:]
     elif argv[:1] not in ([], ["-h"], ["--help"]):
-        print(f"eapbench zoo: unknown subcommand {argv[0]!r}; use `eapbench zoo train [options]`", file=sys.stderr)
+        print(f"eapbench zoo: unknown subcommand {argv[0]!r}; use `eapbench zoo train|eval [options]`",
+              file=sys.stderr)
         return 2
     return int(zoo_main(argv) or 0)
 
@@ -125,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     lp = sub.add_parser("pairs", help="list registered pairs and whether they can run here")
     lp.add_argument("group", nargs="?", default="all", help="mini, paper, lineages or all (default)")
     lp.add_argument("--device", default="cpu")
-    sub.add_parser("zoo", help="rebuild the mini zoo: `eapbench zoo train [options]`")
+    sub.add_parser("zoo", help="rebuild the mini zoo (`eapbench zoo train [options]`) or compare its children "
+                               "with sft (`eapbench zoo eval`)")
     args = ap.parse_args(argv)
     try:
         if args.command == "compare":

@@ -58,3 +58,9 @@ def test_zoo_forwarding(monkeypatch):
     assert cli.main(["zoo", "train", "--tiny", "--jobs", "1"]) == 0
     assert seen == [["--tiny", "--jobs", "1"]]
     assert cli.main(["zoo", "bake"]) == 2
+    fake_eval = types.ModuleType("eapbench.zoo.evaluate")
+    fake_eval.main = lambda argv: seen.append(("eval", argv)) or 0
+    monkeypatch.setitem(sys.modules, "eapbench.zoo.evaluate", fake_eval)
+    monkeypatch.setattr(zoo, "evaluate", fake_eval, raising=False)
+    assert cli.main(["zoo", "eval", "--json"]) == 0
+    assert seen[-1] == ("eval", ["--json"])

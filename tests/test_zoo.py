@@ -18,6 +18,7 @@ from eapbench.zoo import NAMES, checkpoint_path, default_checkpoint_dir
 from eapbench.zoo.build import build_zoo, problem_sets, tiny_recipe
 from eapbench.zoo.card import read_card, verify_card
 from eapbench.zoo.dpo import dpo_loss, make_pairs, sample_preferences, train_dpo
+from eapbench.zoo.evaluate import compare_to_parent, mcnemar_exact, paired
 from eapbench.zoo.grpo import group_advantages, train_grpo
 from eapbench.zoo.model import load_checkpoint, make_model, save_checkpoint
 from eapbench.zoo.ppo import gae, train_ppo
@@ -312,6 +313,27 @@ def test_tiny_build_writes_verified_cards(tmp_path):
     assert any("config.json" in p for p in verify_card(tmp_path / "ppo"))
     manifest = json.loads((tmp_path / "zoo_build.json").read_text())
     assert manifest["threads_per_process"] == 1
+    rows = compare_to_parent(tmp_path, recipe, names=("grpo", "dpo"))
+    assert [r.child for r in rows] == ["grpo", "dpo"]
+    for r in rows:  # the paired re-measurement reproduces the cards' greedy accuracies exactly
+        assert r.n == 8 and r.accuracy == read_card(tmp_path / r.child)["heldout_accuracy"]
+        assert r.parent_accuracy == read_card(tmp_path / "sft")["heldout_accuracy"]
+        assert r.accuracy - r.parent_accuracy == pytest.approx((r.gained - r.lost) / r.n)
+
+
+def test_paired_accuracy_counts_and_exact_mcnemar():
+    from math import comb
+
+    child = torch.tensor([1, 1, 1, 0, 0, 1, 1, 0], dtype=torch.bool)
+    parent = torch.tensor([1, 0, 0, 1, 0, 0, 1, 0], dtype=torch.bool)
+    r = paired("grpo", child, parent)
+    assert (r.gained, r.lost, r.n) == (3, 1, 8) and r.accuracy == 5 / 8 and r.parent_accuracy == 3 / 8
+    # two-sided exact binomial at 1/2 on 4 discordant problems, 3 vs 1: 2 * P(X <= 1) = 2 * 5/16
+    assert r.p_value == pytest.approx(2 * sum(comb(4, k) for k in (0, 1)) / 2 ** 4)
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(10, 10) == pytest.approx(1.0)
+    assert mcnemar_exact(69, 40) == pytest.approx(2 * sum(comb(109, k) for k in range(41)) / 2 ** 109)
+    with pytest.raises(ValueError, match="results"):
+        paired("ppo", child, parent[:4])
 
 
 # --- the shipped zoo -------------------------------------------------------------------------

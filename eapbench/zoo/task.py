@@ -152,11 +152,18 @@ def completion_logprobs(model, prompts: Sequence[Sequence[int]], completions: Se
     return logp, c_mask
 
 
-def accuracy(model, tokenizer, problems: Sequence[Problem], grade: Callable[[str, str], bool],
-             *, temperature: float = 0.0, seed: int = 0, batch_size: int = 256) -> float:
-    """Fraction of ``problems`` answered correctly (greedy by default)."""
+def correct(model, tokenizer, problems: Sequence[Problem], grade: Callable[[str, str], bool],
+            *, temperature: float = 0.0, seed: int = 0, batch_size: int = 256) -> torch.Tensor:
+    """Per problem, whether the model answers it correctly (bool ``[n]``; greedy by default)."""
     gen = torch.Generator().manual_seed(seed)
     comps = sample(model, encode_prompts(tokenizer, problems), eos_id=tokenizer.eos_token_id,
                    pad_id=tokenizer.pad_token_id, temperature=temperature, generator=gen,
                    batch_size=batch_size)
-    return float(rewards(tokenizer, comps, problems, grade).mean())
+    return rewards(tokenizer, comps, problems, grade).bool()
+
+
+def accuracy(model, tokenizer, problems: Sequence[Problem], grade: Callable[[str, str], bool],
+             *, temperature: float = 0.0, seed: int = 0, batch_size: int = 256) -> float:
+    """Fraction of ``problems`` answered correctly (greedy by default)."""
+    return float(correct(model, tokenizer, problems, grade, temperature=temperature, seed=seed,
+                         batch_size=batch_size).float().mean())
