@@ -313,6 +313,10 @@ def test_tiny_build_writes_verified_cards(tmp_path):
     assert any("config.json" in p for p in verify_card(tmp_path / "ppo"))
     manifest = json.loads((tmp_path / "zoo_build.json").read_text())
     assert manifest["threads_per_process"] == 1
+    from eapbench.zoo.sharpness import step_accuracies
+
+    with pytest.raises(ValueError, match="zero"):  # the tiny sft earns no reward: no gradient to step along
+        step_accuracies(tmp_path / "sft", eps=(0.0,), recipe=recipe, n_problems=4)
     rows = compare_to_parent(tmp_path, recipe, names=("grpo", "dpo"))
     assert [r.child for r in rows] == ["grpo", "dpo"]
     for r in rows:  # the paired re-measurement reproduces the cards' greedy accuracies exactly
@@ -410,6 +414,17 @@ def test_shipped_card_reproduces_from_the_weights(name, default_heldout):
     model, tok = load_checkpoint(checkpoint_path(name))
     assert accuracy(model, tok, default_heldout, grade) == card["heldout_accuracy"]
 
+
+
+def test_shipped_sft_is_not_too_sharp_for_rl_steps():
+    """The property the zoo's SFT schedule is chosen for: a small step along the RL reward-ascent
+    direction does not lower the parent's held-out accuracy (it did for an sft annealed to lr 0)."""
+    from eapbench.zoo.sharpness import step_accuracies
+
+    acc = step_accuracies(checkpoint_path("sft"), eps=(0.0, 0.01))
+    card = read_card(checkpoint_path("sft"))["heldout_accuracy"]
+    assert acc["rl-gradient"][0] == (0.0, card) and acc["random"][0] == (0.0, card)
+    assert acc["rl-gradient"][1][1] >= card, acc
 
 def test_checkpoint_path_rejects_unknown_names():
     with pytest.raises(ValueError, match="choose from"):
