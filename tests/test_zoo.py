@@ -415,7 +415,6 @@ def test_shipped_card_reproduces_from_the_weights(name, default_heldout):
     assert accuracy(model, tok, default_heldout, grade) == card["heldout_accuracy"]
 
 
-
 def test_shipped_sft_is_not_too_sharp_for_rl_steps():
     """The property the zoo's SFT schedule is chosen for: a small step along the RL reward-ascent
     direction does not lower the parent's held-out accuracy (it did for an sft annealed to lr 0)."""
@@ -425,6 +424,7 @@ def test_shipped_sft_is_not_too_sharp_for_rl_steps():
     card = read_card(checkpoint_path("sft"))["heldout_accuracy"]
     assert acc["rl-gradient"][0] == (0.0, card) and acc["random"][0] == (0.0, card)
     assert acc["rl-gradient"][1][1] >= card, acc
+
 
 def test_checkpoint_path_rejects_unknown_names():
     with pytest.raises(ValueError, match="choose from"):
