@@ -50,14 +50,12 @@ def paired(child: str, child_correct: torch.Tensor, parent_correct: torch.Tensor
                           mcnemar_exact(gained, lost), int(c.numel()))
 
 
-def compare_to_parent(out_dir: str | Path, recipe=None, names: tuple[str, ...] | None = None,
-                      threads: int = 1) -> list[PairedAccuracy]:
+def compare_to_parent(out_dir: str | Path, recipe=None, names: tuple[str, ...] | None = None) -> list[PairedAccuracy]:
     """Paired greedy held-out comparison of each child in ``out_dir`` with ``out_dir/sft``."""
     from .build import ZooRecipe, problem_sets
     from .model import load_checkpoint
     from .task import correct, grader
 
-    torch.set_num_threads(threads)
     recipe = recipe or ZooRecipe()
     heldout = problem_sets(recipe)[2]
     grade, _ = grader()
@@ -80,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="zoo folder (default: the package's shipped checkpoints)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of lines")
     args = ap.parse_args(argv)
+    torch.set_num_threads(1)  # the cards' accuracies were measured on one thread
     rows = compare_to_parent(args.out)
     if args.json:
         import json
