@@ -9,16 +9,16 @@ The public API, in the order data flows (see README and ../shared/DESIGN.md):
 - :func:`to_mib_json` — export a scored graph to the EAP-IG / MIB circuit format.
 """
 
-from .architectures import ARCHITECTURES, UnsupportedArchitectureError
-from .attribution import AttributionError, EdgeScores, attribute, score_inputs
-from .export import from_mib_json, to_mib_json
-from .graph import ResidualGraph
-from .metrics import (activation_intensity, distribution_kurtosis, information_complexity,
+from .engine.architectures import ARCHITECTURES, UnsupportedArchitectureError
+from .engine.attribution import AttributionError, EdgeScores, attribute, score_inputs
+from .engine.export import from_mib_json, to_mib_json
+from .engine.graph import ResidualGraph
+from .analysis.metrics import (activation_intensity, distribution_kurtosis, information_complexity,
                       inter_sample_diversity, output_edge_entropy, output_edge_entropy_per_node,
                       relative_change)
 from .models import load_model, load_smollm2
 from .records import AttributionInputs, ModelSpec, Problem
-from .stats import BootstrapResult, Verdict, benjamini_hochberg, paired_bootstrap, paired_permutation_test, verdict
+from .analysis.stats import BootstrapResult, Verdict, benjamini_hochberg, paired_bootstrap, paired_permutation_test, verdict
 
 __all__ = [
     "ARCHITECTURES", "AttributionError", "AttributionInputs", "BootstrapResult", "EdgeScores", "ModelSpec",

@@ -53,11 +53,11 @@ def _compare_parser(sub) -> None:
 
 
 def compare(args: argparse.Namespace) -> int:
-    from .pairs import _looks_like_hub_id, pair_from_mapping, weights_missing
-    from .report import summary_lines, write_report
-    from .runner import RunConfig, Runner
+    from .suite.pairs import _looks_like_hub_id, pair_from_mapping, weights_missing
+    from .suite.report import summary_lines, write_report
+    from .suite.runner import RunConfig, Runner
 
-    from .pairs import MINI_GEN_BATCH, MINI_MAX_NEW_TOKENS
+    from .suite.pairs import MINI_GEN_BATCH, MINI_MAX_NEW_TOKENS
 
     template = args.template or ("mini" if args.base.startswith("zoo:") else "chat")
     mini = template == "mini"
@@ -91,7 +91,7 @@ def compare(args: argparse.Namespace) -> int:
 
 
 def list_pairs(args: argparse.Namespace) -> int:
-    from .pairs import group
+    from .suite.pairs import group
 
     for p in group(args.group):
         why = p.availability(args.device)

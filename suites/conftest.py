@@ -1,7 +1,7 @@
 """Wiring of the claim suite: options → pairs → parametrized cases → one session runner.
 
-Thin on purpose (DESIGN.md): measurement lives in :mod:`eapbench.runner`, judgement in
-:mod:`eapbench.claims`, layout in :mod:`eapbench.report`. Tests marked
+Thin on purpose (DESIGN.md): measurement lives in :mod:`eapbench.suite.runner`, judgement in
+:mod:`eapbench.suite.claims`, layout in :mod:`eapbench.suite.report`. Tests marked
 ``@pytest.mark.claim("C1")`` get a ``case`` parameter per (pair, dataset, α) of the selected,
 runnable pairs whose method class the claim applies to; every registered pair that is not
 selected or cannot run here appears once per test as a skip whose reason says what is
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from eapbench import pairs as P
-from eapbench.claims import load_claims
-from eapbench.runner import RunConfig, Runner, case_id
+from eapbench.suite import pairs as P
+from eapbench.suite.claims import load_claims
+from eapbench.suite.runner import RunConfig, Runner, case_id
 
 log = logging.getLogger("eapbench.suite")
 _SUITE = pytest.StashKey["Suite"]()
@@ -118,7 +118,7 @@ def suite(request: pytest.FixtureRequest) -> Suite:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
-    from eapbench.report import summary_lines, write_report
+    from eapbench.suite.report import summary_lines, write_report
 
     suite = config.stash.get(_SUITE, None)
     if suite is None:

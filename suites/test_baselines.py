@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from eapbench import baselines as B
+from eapbench.suite import baselines as B
 
 
 def _record(suite, case) -> dict:

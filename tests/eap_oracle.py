@@ -2,7 +2,7 @@
 
 For edge u → v, only destination v's copy of its input becomes H_v − ε·O_u; every other
 reader of the same residual is untouched. This uses plain forward hooks and full logits,
-sharing no code with eapbench.attribution except the module paths of architectures.py.
+sharing no code with eapbench.engine.attribution except the module paths of architectures.py.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from eapbench.architectures import arch_spec, decoder_layers
-from eapbench.graph import ResidualGraph
+from eapbench.engine.architectures import arch_spec, decoder_layers
+from eapbench.engine.graph import ResidualGraph
 
 
 def _first(args, kwargs):

@@ -6,7 +6,7 @@ import numpy as np
 
 
 def qkv_mask(n_layers: int) -> np.ndarray:
-    """The paper's qkv residual graph (SPEC §2), built independently of eapbench.graph."""
+    """The paper's qkv residual graph (SPEC §2), built independently of eapbench.engine.graph."""
     src = ["input"] + [f"{k}{l}" for l in range(n_layers) for k in ("a", "m")]
     dst = [d for l in range(n_layers) for d in (f"a{l}<q>", f"a{l}<k>", f"a{l}<v>", f"m{l}")] + ["logits"]
     order = {name: i for i, name in enumerate(src)}

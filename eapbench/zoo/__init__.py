@@ -4,6 +4,8 @@ The checkpoints ship inside the package (``eapbench/zoo/checkpoints/<name>/``) a
 Hugging Face folders with a ``model_card.json`` beside the weights; rebuild them with
 ``python -m eapbench.zoo`` (``eapbench zoo train``). Prompt them with
 ``"Problem: {question}\\nSolution:"`` (the ``mini`` template).
+
+May import: ``pipeline`` (the synthetic task and the grader) and the shared modules.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..cache import atomic_write_text
-from ..synthetic import SyntheticConfig, generate_problems
+from ..pipeline.synthetic import SyntheticConfig, generate_problems
 from .card import LOG_FILE, write_card
 from .model import ZooModelConfig, load_checkpoint, make_model, save_checkpoint
 from .rl import PostTrainConfig
@@ -111,7 +111,7 @@ def _common_card(recipe: ZooRecipe, name: str, wall: float, load_before, grade_n
             "data": {"sft_pool": [recipe.sft_pool_size, recipe.sft_pool_seed],
                      "post_pool": [recipe.post.problems_used(), recipe.post_pool_seed],
                      "heldout": [recipe.heldout_size, recipe.heldout_seed],
-                     "heldout_reserved": recipe.heldout_reserved, "generator": "eapbench.synthetic",
+                     "heldout_reserved": recipe.heldout_reserved, "generator": "eapbench.pipeline.synthetic",
                      "knobs": asdict(recipe.task), "disjoint": "no training pool contains a question of "
                      "generate_problems(heldout_reserved, heldout_seed); the post pool excludes sft-pool questions"}}
 

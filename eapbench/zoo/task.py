@@ -42,10 +42,10 @@ def encode_answers(tokenizer, problems: Sequence[Problem]) -> list[list[int]]:
 
 
 def grader() -> tuple[Callable[[str, str], bool], str]:
-    """The reward's grader: ``eapbench.grading.grade`` (the issue asks for the grader's reward)."""
-    from ..grading import grade
+    """The reward's grader: ``eapbench.pipeline.grading.grade`` (the issue asks for the grader's reward)."""
+    from ..pipeline.grading import grade
 
-    return (lambda completion, reference: bool(grade(completion, reference))), "eapbench.grading.grade"
+    return (lambda completion, reference: bool(grade(completion, reference))), "eapbench.pipeline.grading.grade"
 
 
 def rewards(tokenizer, completions: Sequence[Sequence[int]], problems: Sequence[Problem],

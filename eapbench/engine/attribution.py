@@ -1,0 +1,415 @@
+"""One-pass Edge Attribution Patching on raw Hugging Face decoder models (SPEC §3).
+
+    W[u, v] = − Σ_t Σ_d O_u[t, d] · ∂L/∂H_v[t, d]
+
+Forward hooks copy every source output O_u into one buffer; backward (tensor) hooks
+receive each destination's *branch-specific* gradient ∂L/∂H_v and immediately contract it
+with the buffered outputs of the sources upstream of v, accumulating in fp32. A q, k or v
+destination gets its own gradient by giving each projection a private view of the normed
+residual and pulling that view's gradient back through the norm (a small vector-Jacobian
+product, recomputed from the saved residual). One forward and one backward pass per batch;
+no parameter gradients; full-vocabulary logits only at target positions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..cache import atomic_save, stable_hash
+from .architectures import ArchSpec, arch_spec, decoder_layers, get_module
+from .graph import QKV, ResidualGraph
+from ..records import AttributionInputs
+
+log = logging.getLogger(__name__)
+
+
+class AttributionError(ValueError):
+    """Bad input to :func:`attribute` (raised before any heavy work) or a non-finite result."""
+
+
+# ---------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------
+def _validate(model: nn.Module, graph: ResidualGraph, spec: ArchSpec, input_ids: torch.Tensor,
+              loss_mask: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+    if input_ids.dim() != 2:
+        raise AttributionError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+    if input_ids.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
+        raise AttributionError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+    if loss_mask.shape != input_ids.shape:
+        raise AttributionError(f"loss_mask shape {tuple(loss_mask.shape)} != input_ids shape "
+                               f"{tuple(input_ids.shape)}; loss_mask[b, t] marks token t of row b as a target")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise AttributionError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape "
+                               f"{tuple(input_ids.shape)}")
+    lm = loss_mask.bool()
+    if lm[:, 0].any():
+        rows = lm[:, 0].nonzero().flatten().tolist()
+        raise AttributionError(f"loss_mask marks position 0 as a target in rows {rows}; the first token "
+                               "has no preceding position to predict it from")
+    empty = (~lm.any(dim=1)).nonzero().flatten().tolist()
+    if empty:
+        raise AttributionError(f"loss_mask has no target token in rows {empty}; every sample needs at least "
+                               "one answer token to score (check T_cut and the prompt lengths)")
+    if attention_mask is not None:
+        bad = (lm & ~attention_mask.bool()).any(dim=1).nonzero().flatten().tolist()
+        if bad:
+            raise AttributionError(f"loss_mask marks padding positions as targets in rows {bad}")
+    vocab = getattr(model.config, "vocab_size", None)
+    if vocab is not None and (int(input_ids.max()) >= vocab or int(input_ids.min()) < 0):
+        raise AttributionError(f"token ids outside [0, {vocab}) for this model; was the input tokenized "
+                               "with another model's tokenizer?")
+    n_layers = len(decoder_layers(model, spec))
+    if graph.n_layers != n_layers or (graph.model_type not in (None, model.config.model_type)):
+        raise AttributionError(
+            f"graph was built for a {graph.model_type or '?'} model with {graph.n_layers} layers, but this "
+            f"model is {model.config.model_type} with {n_layers} layers; build it with "
+            "ResidualGraph.from_model(model)")
+
+
+# ---------------------------------------------------------------------------------------
+# the scorer: buffers and hooks for one batch
+# ---------------------------------------------------------------------------------------
+@dataclass
+class _Scorer:
+    """Hooks for one batch: source buffer, destination contractions, score accumulator."""
+
+    graph: ResidualGraph
+    spec: ArchSpec
+    token_mask: torch.Tensor  # [B, T] 1 at real tokens, 0 at padding (positions summed over)
+    scores: torch.Tensor = field(init=False)  # [B, n_src, n_dst] fp32
+    outputs: torch.Tensor = field(init=False)  # [B, n_src, T, d] model dtype
+    residuals: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> residual read by attention
+    pending: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    attn_norms: dict[int, nn.Module | None] = field(default_factory=dict)  # layer -> norm before q/k/v
+    leaf: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.has_padding = not bool(self.token_mask.bool().all())
+
+    def allocate(self, hidden: torch.Tensor) -> None:
+        B, T, d = hidden.shape
+        self.outputs = hidden.new_zeros((B, self.graph.n_src, T, d))
+        self.scores = torch.zeros((B, self.graph.n_src, self.graph.n_dst), dtype=torch.float32,
+                                  device=hidden.device)
+
+    # -- sources -------------------------------------------------------------------------
+    def store(self, src: int, out: torch.Tensor) -> None:
+        self.outputs[:, src].copy_(out.detach())
+
+    # -- destinations --------------------------------------------------------------------
+    def contract(self, dsts: list[int], grads: list[torch.Tensor]) -> None:
+        """scores[:, :k_j, j] = −Σ_{t,d} O[:, :k_j] · g_j for each destination j (k_j its upstream
+        sources), in one batched product over the largest k; fp32 accumulation, padding excluded."""
+        ks = [self.graph.n_upstream(j) for j in dsts]
+        k = max(ks)
+        g = torch.stack(grads, dim=-1)  # [B, T, d, m]
+        if self.has_padding:
+            g = g * self.token_mask[:, :, None, None].to(g.dtype)
+        B, T, d, m = g.shape
+        o = self.outputs[:, :k].reshape(B, k, T * d)
+        g = g.reshape(B, T * d, m)
+        acc = torch.float64 if o.dtype == torch.float64 else torch.float32
+        out = None
+        if o.dtype == acc:
+            out = torch.bmm(o, g.to(acc))
+        elif o.is_cuda:  # bf16/fp16 inputs, fp32 accumulation and output, where the backend offers it
+            with contextlib.suppress(RuntimeError, TypeError):
+                out = torch.bmm(o, g.to(o.dtype), out_dtype=torch.float32)
+        if out is None:  # cast a few sources at a time: exact products, fp32 sums
+            g32 = g.to(acc)
+            chunk = max(1, (1 << 26) // max(1, T * d * B))
+            out = torch.cat([torch.bmm(o[:, i:i + chunk].to(acc), g32) for i in range(0, k, chunk)], dim=1)
+        out = out.float()
+        for col, (j, kj) in enumerate(zip(dsts, ks)):
+            self.scores[:, :kj, j] = -out[:, :kj, col]
+
+    def direct_hook(self, dst: int) -> Callable[[torch.Tensor], None]:
+        def hook(grad: torch.Tensor) -> None:
+            self.contract([dst], [grad])
+        return hook
+
+    def layer_hook(self, layer: int, slot: str) -> Callable[[torch.Tensor], None]:
+        """At "qkv" granularity a layer's four destinations are contracted together: the MLP's
+        gradient (slot "m", already at the residual) waits for q, k and v, whose gradients reach
+        their private inputs after the norm and are pulled back through it in :meth:`flush_layer`."""
+        def hook(grad: torch.Tensor) -> None:
+            got = self.pending.setdefault(layer, {})
+            got[slot] = grad
+            if len(got) == len(QKV) + 1:
+                self.flush_layer(layer)
+        return hook
+
+    def flush_layer(self, layer: int) -> None:
+        got = self.pending.pop(layer, {})
+        branches = [b for b in QKV if b in got]
+        grads = [got[b] for b in branches]
+        norm = self.attn_norms.get(layer)
+        if grads and norm is not None:
+            x = self.residuals[layer]
+            with torch.enable_grad():
+                xs = x.detach().unsqueeze(0).expand(len(grads), *x.shape).reshape(-1, *x.shape[1:])
+                xs = xs.clone().requires_grad_(True)
+                (gx,) = torch.autograd.grad(norm.forward(xs), xs, torch.cat(grads, 0))
+            grads = list(gx.split(x.shape[0], 0))
+        dsts = [self.graph.attn_dst(layer, b) for b in branches]
+        if "m" in got:
+            dsts.append(self.graph.mlp_dst(layer))
+            grads.append(got["m"])
+        if dsts:
+            self.contract(dsts, grads)
+
+
+def _private_view(t: torch.Tensor, hook: Callable[[torch.Tensor], None]) -> torch.Tensor:
+    """A new autograd node equal to ``t``: its gradient is the one flowing through this reader only."""
+    v = t.view_as(t)
+    if v.requires_grad:
+        v.register_hook(hook)
+    return v
+
+
+def _replace_first_input(hook: Callable[[torch.Tensor], torch.Tensor]):
+    """Forward pre-hook (with kwargs) that passes the module's first input (positional or
+    ``hidden_states=``) through ``hook``."""
+    def pre_hook(module, args, kwargs):
+        if args:
+            return (hook(args[0]), *args[1:]), kwargs
+        kwargs = dict(kwargs)
+        kwargs["hidden_states"] = hook(kwargs["hidden_states"])
+        return args, kwargs
+    return pre_hook
+
+
+@contextlib.contextmanager
+def attribution_hooks(model: nn.Module, graph: ResidualGraph, scorer: _Scorer) -> Iterator[None]:
+    """Install the scoring hooks for one batch; they are removed on exit, even on error."""
+    spec = scorer.spec
+    handles: list[Any] = []
+    layers = decoder_layers(model, spec)
+
+    def fwd(module: nn.Module, fn: Callable[[torch.Tensor], Any]) -> None:
+        def hook(mod, args, out):
+            res = fn(out[0] if isinstance(out, tuple) else out)
+            if res is not None:
+                return res
+        handles.append(module.register_forward_hook(hook))
+
+    def pre(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        handles.append(module.register_forward_pre_hook(_replace_first_input(fn), with_kwargs=True))
+
+    def embed_out(out: torch.Tensor) -> torch.Tensor:
+        scorer.allocate(out)
+        leaf = out.detach().requires_grad_(True)  # the graph's only leaf: no parameter gradients
+        scorer.leaf = leaf
+        scorer.store(0, leaf)
+        return leaf
+
+    try:
+        fwd(get_module(model, spec.embed), embed_out)
+        for l, layer in enumerate(layers):
+            fwd(get_module(layer, spec.attn_source), lambda o, s=graph.attn_src(l): scorer.store(s, o))
+            fwd(get_module(layer, spec.mlp_source), lambda o, s=graph.mlp_src(l): scorer.store(s, o))
+            if graph.granularity == "block":
+                pre(get_module(layer, spec.mlp_reader),
+                    lambda x, j=graph.mlp_dst(l): _private_view(x, scorer.direct_hook(j)))
+                pre(get_module(layer, spec.attn_reader),
+                    lambda x, j=graph.attn_dst(l): _private_view(x, scorer.direct_hook(j)))
+                continue
+            pre(get_module(layer, spec.mlp_reader), lambda x, l=l: _private_view(x, scorer.layer_hook(l, "m")))
+            norm = get_module(layer, spec.attn_norm) if spec.attn_norm else None
+            scorer.attn_norms[l] = norm
+            if norm is not None:
+                def keep_residual(x: torch.Tensor, l: int = l) -> torch.Tensor:
+                    scorer.residuals[l] = x.detach()
+                    return x
+                pre(norm, keep_residual)
+            for b in QKV:
+                proj = get_module(layer, getattr(spec, f"{b}_proj"))
+                pre(proj, lambda x, l=l, b=b: _private_view(x, scorer.layer_hook(l, b)))
+        pre(get_module(model, spec.final_norm),
+            lambda x: _private_view(x, scorer.direct_hook(graph.logits_dst)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# ---------------------------------------------------------------------------------------
+# loss at target positions only
+# ---------------------------------------------------------------------------------------
+def _per_sample_loss(model: nn.Module, spec: ArchSpec, hidden: torch.Tensor, input_ids: torch.Tensor,
+                     loss_mask: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Mean NLL of each row's targets; logits are computed only where a target is predicted."""
+    tgt_b, tgt_t = loss_mask.bool().nonzero(as_tuple=True)
+    h = hidden[tgt_b, tgt_t - 1]
+    targets = input_ids[tgt_b, tgt_t]
+    head = get_module(model, spec.lm_head)
+    nll = torch.cat([F.cross_entropy(_at_least_fp32(head(h[i:i + chunk])), targets[i:i + chunk], reduction="none")
+                     for i in range(0, h.shape[0], chunk)])
+    B = input_ids.shape[0]
+    total = torch.zeros(B, dtype=nll.dtype, device=nll.device).index_add(0, tgt_b, nll)
+    counts = torch.zeros(B, dtype=nll.dtype, device=nll.device).index_add(0, tgt_b, torch.ones_like(nll))
+    return total / counts
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+@contextlib.contextmanager
+def _frozen_parameters(model: nn.Module) -> Iterator[None]:
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def _execution_mode(model: nn.Module, checkpointing: bool) -> Iterator[None]:
+    was_training = model.training
+    if not checkpointing:  # eval mode: no dropout, whatever mode the caller left the model in
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train(was_training)
+        return
+    dropouts = {k: v for k, v in model.config.to_dict().items()
+                if "dropout" in k and isinstance(v, (int, float)) and v > 0}
+    if dropouts:
+        raise AttributionError(f"checkpointing runs the model in train mode, but its config has non-zero "
+                               f"dropout {dropouts}; set them to 0 or attribute without checkpointing")
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+        model.activation_checkpointing_enable({"use_reentrant": False})
+        disable = model.activation_checkpointing_disable
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        disable = model.gradient_checkpointing_disable
+    model.train()  # HF checkpoints decoder layers only in train mode; dropout was checked to be 0
+    try:
+        yield
+    finally:
+        disable()
+        model.train(was_training)
+
+
+def attribute(model: nn.Module, input_ids: torch.Tensor, loss_mask: torch.Tensor, *,
+              graph: ResidualGraph | None = None, attention_mask: torch.Tensor | None = None,
+              checkpointing: bool = False, return_loss: bool = False):
+    """EAP edge scores of every sample in the batch: float32 [batch, n_src, n_dst] on the CPU.
+
+    ``loss_mask[b, t]`` marks token t as a target predicted from position t−1; sample b's
+    loss is the mean NLL over its targets. Scores are zero off ``graph.edge_mask``.
+    ``checkpointing=True`` recomputes each decoder layer in the backward pass (HF gradient
+    checkpointing) to cut activation memory on long sequences. With ``return_loss`` the
+    per-sample losses are returned too, as ``(scores, losses)``.
+    """
+    spec = arch_spec(model)
+    graph = graph or ResidualGraph.from_model(model)
+    device = next(model.parameters()).device
+    input_ids = input_ids.to(device)
+    loss_mask = loss_mask.to(device).bool()
+    attention_mask = (torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)).long()
+    _validate(model, graph, spec, input_ids, loss_mask, attention_mask)
+
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    scorer = _Scorer(graph=graph, spec=spec, token_mask=attention_mask)
+    base = get_module(model, spec.base)
+    with _frozen_parameters(model), _execution_mode(model, checkpointing), \
+            attribution_hooks(model, graph, scorer), torch.enable_grad():
+        hidden = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=False).last_hidden_state
+        losses = _per_sample_loss(model, spec, hidden, input_ids, loss_mask)
+        if not torch.isfinite(losses).all():
+            bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
+            raise AttributionError(f"non-finite loss for samples {bad} of the batch; check the model's "
+                                   "dtype (fp16 overflows) and the inputs")
+        torch.autograd.grad(losses.sum(), [scorer.leaf])
+        for layer in list(scorer.pending):  # destinations whose gradient never arrived score zero
+            scorer.flush_layer(layer)
+    scores = scorer.scores.cpu()
+    bad_rows = (~torch.isfinite(scores).flatten(1).all(1)).nonzero().flatten().tolist()
+    if bad_rows:
+        raise AttributionError(f"non-finite gradients: edge scores of samples {bad_rows} (batch rows) contain "
+                               "NaN/inf; the model overflowed in backward — try float32 or bfloat16")
+    del scorer
+    return (scores, losses.detach().cpu()) if return_loss else scores
+
+
+# ---------------------------------------------------------------------------------------
+# many samples
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EdgeScores:
+    """Per-sample edge-score matrices of one model on one set of inputs."""
+
+    scores: torch.Tensor  # float32 [n, n_src, n_dst]
+    graph: ResidualGraph
+    problem_ids: tuple[str, ...]
+    losses: torch.Tensor | None = None  # per-sample mean NLL
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def edge_mask(self) -> torch.Tensor:
+        return self.graph.edge_mask
+
+    def edge_vectors(self) -> torch.Tensor:
+        """[n, n_edges] real-edge scores, row-major edge order (``graph.edge_names()``)."""
+        return self.scores[:, self.edge_mask]
+
+
+def score_inputs(model: nn.Module, inputs: AttributionInputs, *, pad_token_id: int,
+                 graph: ResidualGraph | None = None, batch_size: int = 8, checkpointing: bool = False,
+                 progress: bool = True, resume_dir: str | Path | None = None, cache_key: str = "") -> EdgeScores:
+    """Score every sample of ``inputs`` in batches (right padding), with a progress bar.
+
+    With ``resume_dir``, each finished batch is saved there (keyed by ``cache_key`` — pass the
+    model's fingerprint — the graph and the batch's token ids), so an interrupted run resumes
+    at the first unfinished batch.
+    """
+    from tqdm.auto import tqdm
+
+    graph = graph or ResidualGraph.from_model(model)
+    chunks, losses = [], []
+    n_batches = -(-len(inputs) // batch_size)
+    log.info("attributing %d samples (%s, %d layers, %s) in %d batches", len(inputs), graph.model_type,
+             graph.n_layers, graph.granularity, n_batches)
+    reused = 0
+    for ids, attn, mask in tqdm(inputs.batches(batch_size, pad_token_id), total=n_batches,
+                                desc=f"EAP {inputs.model or graph.model_type}", disable=not progress):
+        path = None
+        if resume_dir is not None:
+            key = stable_hash([cache_key, graph.n_layers, graph.granularity, graph.model_type,
+                               str(next(model.parameters()).dtype), ids.tolist(), mask.tolist()])
+            path = Path(resume_dir) / f"batch-{key}.pt"
+            if path.is_file():
+                saved = torch.load(path)
+                chunks.append(saved["scores"])
+                losses.append(saved["losses"])
+                reused += 1
+                continue
+        s, l = attribute(model, ids, mask, graph=graph, attention_mask=attn, checkpointing=checkpointing,
+                         return_loss=True)
+        if path is not None:
+            atomic_save(path, lambda p, s=s, l=l: torch.save({"scores": s, "losses": l}, p))
+        chunks.append(s)
+        losses.append(l)
+    if reused:
+        log.info("resumed %d of %d batches from %s", reused, n_batches, resume_dir)
+    meta = {"batch_size": batch_size, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "device": str(next(model.parameters()).device), "granularity": graph.granularity,
+            "t_cut": inputs.t_cut, "model": inputs.model, "resumed_batches": reused}
+    return EdgeScores(scores=torch.cat(chunks), graph=graph, problem_ids=inputs.problem_ids,
+                      losses=torch.cat(losses), meta=meta)

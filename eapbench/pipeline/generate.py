@@ -1,0 +1,414 @@
+"""Greedy generation of the models' own answers, cached on disk and resumable.
+
+:func:`generate` runs batched greedy decoding (left padding, KV cache, stop at EOS, at most
+``max_new_tokens``) with ``transformers``, or with vLLM when ``backend="vllm"`` (only when
+vLLM is importable and CUDA is present; that path is not exercised by the test suite).
+
+Results are cached under ``<cache root>/generations/<key>/`` where the key hashes the model
+fingerprint (:func:`model_fingerprint`: config, tokenizer files and weight-file hashes of a
+local folder, or the pinned commit of a hub model), the dataset name, the template and the
+decoding settings. Each finished batch is written atomically as its own shard, so an
+interrupted run resumes with the problems it had not reached. A changed checkpoint has a
+new fingerprint, hence a new key: its stale generations are never reused (a warning says so).
+
+Batches are formed from the problems still missing, longest prompt first; the padding
+of a batch can change floating-point results slightly, so a resumed run is not guaranteed
+to be bit-identical to an uninterrupted one (greedy ties are rare). The batch size is
+recorded in each shard, not in the key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..cache import atomic_write_text, cache_dir, file_sha256, stable_hash
+from .prompts import Template, get_template
+from ..records import ModelSpec, Problem
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Generation", "GenerationRun", "generate", "model_fingerprint", "tokenize_prompts",
+           "greedy_generate", "load_tokenizer", "eos_token_ids", "CACHE_FORMAT"]
+
+CACHE_FORMAT = 1  # bump when the shard layout changes
+BACKENDS = ("hf", "vllm")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                    "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
+                    "chat_template.json", "generation_config.json")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One model's greedy answer to one problem, as token ids (EOS and padding excluded)."""
+
+    problem_id: str
+    prompt_ids: tuple[int, ...]
+    answer_ids: tuple[int, ...]
+    text: str  # answer_ids decoded, special tokens skipped
+    finished: bool  # stopped at EOS; False when it ran into max_new_tokens
+    question_hash: str = ""  # detects a cached entry whose problem text changed
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["prompt_ids"], d["answer_ids"] = list(self.prompt_ids), list(self.answer_ids)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Generation":
+        return cls(problem_id=d["problem_id"], prompt_ids=tuple(d["prompt_ids"]), answer_ids=tuple(d["answer_ids"]),
+                   text=d["text"], finished=bool(d["finished"]), question_hash=d.get("question_hash", ""))
+
+
+@dataclass(frozen=True)
+class GenerationRun:
+    """All generations of one model on a list of problems, in the problems' order."""
+
+    model: str
+    key: str  # cache key ("" when caching is off)
+    fingerprint: dict[str, Any] = field(compare=False)
+    settings: dict[str, Any] = field(compare=False)
+    generations: tuple[Generation, ...] = ()
+    n_generated: int = 0  # decoded in this call
+    n_cached: int = 0  # taken from the cache
+    cache_path: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.generations)
+
+    def by_id(self) -> dict[str, Generation]:
+        return {g.problem_id: g for g in self.generations}
+
+
+# ---------------------------------------------------------------- fingerprints
+
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _hash_file_memo(path: Path) -> str:
+    """sha256 of a file, memoised by (path, size, mtime) so multi-GB weights are hashed once."""
+    st = path.stat()
+    memo = cache_dir("fingerprints") / f"{stable_hash(str(path.resolve()))}.json"
+    stamp = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if memo.is_file():
+        try:
+            saved = json.loads(memo.read_text())
+            if {k: saved.get(k) for k in stamp} == stamp:
+                return saved["sha256"]
+        except (json.JSONDecodeError, KeyError, OSError):
+            pass
+    digest = file_sha256(path)
+    atomic_write_text(memo, json.dumps({**stamp, "sha256": digest}))
+    return digest
+
+
+def model_fingerprint(spec: ModelSpec) -> dict[str, Any]:
+    """What identifies a checkpoint's exact weights and tokenizer, for cache keys.
+
+    Local folder: ``config.json`` (parsed), the sha256 of every weight file (only
+    ``spec.gguf_file`` among GGUFs when one is named) and of the tokenizer files. Hub id:
+    the resolved commit, taken from ``spec.revision`` when it is a full commit hash, else from
+    the local hub cache, else from the hub; an unresolvable hub model is an error (pin a revision).
+    """
+    path = Path(spec.path)
+    if path.is_dir():
+        files: dict[str, str] = {}
+        weights = 0
+        for f in sorted(path.iterdir()):
+            if not f.is_file():
+                continue
+            if f.suffix in _WEIGHT_SUFFIXES:
+                if f.suffix == ".gguf" and spec.gguf_file is not None and f.name != spec.gguf_file:
+                    continue
+                files[f.name] = _hash_file_memo(f)
+                weights += 1
+            elif f.name in _TOKENIZER_FILES:
+                files[f.name] = file_sha256(f)
+        if weights == 0:
+            raise FileNotFoundError(f"model folder {path} has no weight file ({', '.join(_WEIGHT_SUFFIXES)}); "
+                                    "is it a Hugging Face checkpoint folder?")
+        config = None
+        if (path / "config.json").is_file():
+            config = json.loads((path / "config.json").read_text())
+        elif spec.gguf_file is None:
+            raise FileNotFoundError(f"model folder {path} has no config.json")
+        return {"kind": "local", "config": config, "files": files, "gguf_file": spec.gguf_file}
+    if path.exists():
+        raise ValueError(f"model path {path} is a file; pass its folder as path and the file name as gguf_file")
+    return {"kind": "hub", "repo": spec.path, "commit": _hub_commit(spec), "gguf_file": spec.gguf_file}
+
+
+def _hub_commit(spec: ModelSpec) -> str:
+    if spec.revision and _HEX40.match(spec.revision):
+        return spec.revision
+    revision = spec.revision or "main"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(spec.path, spec.gguf_file or "config.json", revision=revision)
+        if isinstance(cached, str):
+            parts = Path(cached).parts
+            if "snapshots" in parts:
+                return parts[parts.index("snapshots") + 1]
+    except Exception as e:  # an odd cache layout is not fatal: ask the hub next
+        log.debug("hub cache lookup for %s failed: %s", spec.path, e)
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(spec.path, revision=revision).sha
+    except Exception as e:
+        raise ValueError(
+            f"cannot fingerprint {spec.path!r}: it is not a local folder, not in the local hub cache at "
+            f"revision {revision!r}, and the hub could not be asked ({type(e).__name__}: {e}). Pin the commit "
+            "in ModelSpec.revision (40 hex digits) or pass a local folder") from None
+
+
+# ---------------------------------------------------------------- tokenization and decoding
+
+def load_tokenizer(spec: ModelSpec) -> Any:
+    """The tokenizer of ``spec``'s checkpoint (local folder, GGUF file or hub id)."""
+    from transformers import AutoTokenizer
+
+    kw: dict[str, Any] = {}
+    if spec.gguf_file:
+        kw["gguf_file"] = spec.gguf_file
+    if spec.revision:
+        kw["revision"] = spec.revision
+    return AutoTokenizer.from_pretrained(spec.path, **kw)
+
+
+def tokenize_prompts(tokenizer: Any, template: str | Template, problems: Sequence[Problem]) -> list[list[int]]:
+    """Prompt token ids for each problem under ``template`` (BOS per the template's setting)."""
+    tpl = get_template(template)
+    out = []
+    for p in problems:
+        text = tpl.format(p.question, tokenizer)
+        ids = tokenizer(text, add_special_tokens=tpl.add_special_tokens)["input_ids"]
+        if not ids:
+            raise ValueError(f"problem {p.id}: the prompt tokenized to nothing")
+        out.append(list(ids))
+    return out
+
+
+def eos_token_ids(model: Any, tokenizer: Any, spec: ModelSpec | None = None) -> list[int]:
+    """Every token id that ends an answer: the tokenizer's EOS and the model's generation EOS ids.
+
+    Without a loaded ``model``, the generation config is read from ``spec``'s checkpoint.
+    """
+    ids: set[int] = set()
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_config = getattr(model, "generation_config", None)
+    if gen_config is None and spec is not None:
+        from transformers import GenerationConfig
+
+        try:
+            gen_config = GenerationConfig.from_pretrained(spec.path, revision=spec.revision)
+        except OSError:
+            gen_config = None
+    gen_eos = getattr(gen_config, "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif isinstance(gen_eos, (list, tuple)):
+        ids.update(int(i) for i in gen_eos)
+    if not ids:
+        raise ValueError("the tokenizer and the model define no EOS token; greedy decoding could not stop")
+    return sorted(ids)
+
+
+def _cut_at_eos(tokens: Sequence[int], eos: set[int]) -> tuple[tuple[int, ...], bool]:
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tuple(tokens[:i]), True
+    return tuple(tokens), False
+
+
+def greedy_generate(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_ids: Sequence[int],
+                    pad_id: int) -> list[tuple[tuple[int, ...], bool]]:
+    """One batch of greedy decoding with ``transformers``: left padding, KV cache, stop at EOS.
+
+    Returns ``(answer_ids, finished)`` per prompt, answer ids cut before the first EOS.
+    """
+    import torch
+    from transformers import GenerationConfig
+
+    width = max(len(p) for p in prompts)
+    device = next(model.parameters()).device
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        attn[r, width - len(p):] = 1
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
+                              eos_token_id=list(eos_ids), pad_token_id=pad_id)
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), generation_config=config)
+    new = out[:, width:].tolist()
+    eos = set(eos_ids)
+    return [_cut_at_eos(row, eos) for row in new]
+
+
+def _vllm_available() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# ---------------------------------------------------------------- cache
+
+def _question_hash(p: Problem) -> str:
+    return stable_hash(p.question, 12)
+
+
+def _load_shards(folder: Path) -> dict[str, Generation]:
+    found: dict[str, Generation] = {}
+    for shard in sorted(folder.glob("part-*.json")):
+        try:
+            data = json.loads(shard.read_text())
+            for d in data["generations"]:
+                g = Generation.from_dict(d)
+                found[g.problem_id] = g
+        except (json.JSONDecodeError, KeyError, TypeError, OSError) as e:
+            log.warning("ignoring unreadable cache shard %s (%s); its problems will be regenerated", shard, e)
+    return found
+
+
+def _warn_if_checkpoint_changed(root: Path, key: str, meta: dict[str, Any]) -> None:
+    for other in root.glob("*/meta.json"):
+        if other.parent.name == key:
+            continue
+        try:
+            m = json.loads(other.read_text())
+        except (json.JSONDecodeError, OSError):
+            continue
+        same_job = all(m.get(k) == meta[k] for k in ("model_path", "dataset", "template", "settings"))
+        if same_job and m.get("fingerprint") != meta["fingerprint"]:
+            log.warning("cached generations for %s in %s were made by a different checkpoint (fingerprint "
+                        "changed); they are not reused and the answers are generated again",
+                        meta["model_path"], other.parent)
+
+
+# ---------------------------------------------------------------- entry point
+
+def generate(spec: ModelSpec, problems: Sequence[Problem], *, dataset: str, model: Any = None,
+             tokenizer: Any = None, batch_size: int = 8, max_new_tokens: int | None = None,
+             device: str = "cpu", dtype: str = "float32", backend: str = "hf", cache: bool = True,
+             progress: bool = True) -> GenerationRun:
+    """Greedy answers of ``spec``'s model to ``problems`` (cached; see the module docstring).
+
+    ``model``/``tokenizer`` may be passed already loaded (they must be ``spec``'s); otherwise they
+    are loaded only if some problem is not cached. ``max_new_tokens`` defaults to
+    ``spec.max_new_tokens``. ``dataset`` names the problem set in the cache key.
+    """
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+    if backend == "vllm" and not _vllm_available():
+        raise RuntimeError("backend='vllm' needs the vllm package and a CUDA GPU; use backend='hf'")
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        raise ValueError("problem ids must be unique within one generation run")
+    max_new_tokens = spec.max_new_tokens if max_new_tokens is None else max_new_tokens
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    tpl = get_template(spec.template)
+    settings = {"max_new_tokens": max_new_tokens, "decoding": "greedy", "dtype": str(dtype), "backend": backend}
+
+    fingerprint: dict[str, Any] = {}
+    key, folder, cached = "", None, {}
+    if cache:
+        fingerprint = model_fingerprint(spec)
+        meta = {"format": CACHE_FORMAT, "model_path": spec.path, "fingerprint": fingerprint, "dataset": dataset,
+                "template": tpl.fingerprint(), "settings": settings}
+        key = stable_hash(meta, 20)
+        root = cache_dir("generations")
+        folder = root / key
+        if not (folder / "meta.json").is_file():
+            _warn_if_checkpoint_changed(root, key, meta)
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(folder / "meta.json", json.dumps(meta, indent=1, sort_keys=True, default=str))
+        cached = _load_shards(folder)
+    usable = {p.id: cached[p.id] for p in problems
+              if p.id in cached and cached[p.id].question_hash == _question_hash(p)}
+    todo = [p for p in problems if p.id not in usable]
+    log.info("%s on %s: %d cached, %d to generate", spec.label, dataset, len(usable), len(todo))
+
+    fresh: dict[str, Generation] = {}
+    if todo:
+        if tokenizer is None:
+            tokenizer = load_tokenizer(spec)
+        if backend == "hf" and model is None:
+            from ..models import load_model
+
+            model, _ = load_model(spec.path, dtype=dtype, device=device, gguf_file=spec.gguf_file,
+                                  revision=spec.revision)
+        prompts = tokenize_prompts(tokenizer, tpl, todo)
+        order = sorted(range(len(todo)), key=lambda i: (-len(prompts[i]), todo[i].id))
+        bar = tqdm(total=len(todo), desc=f"generate {spec.label} on {dataset}", disable=not progress, unit="problem")
+        if backend == "vllm":
+            runner = _VllmRunner(spec, dtype, max_new_tokens)
+            eos = eos_token_ids(None, tokenizer, spec)
+        else:
+            runner = None
+            eos = eos_token_ids(model, tokenizer)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch_prompts = [prompts[i] for i in idx]
+            if runner is None:
+                outs = greedy_generate(model, batch_prompts, max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad_id)
+            else:
+                outs = runner(batch_prompts, eos)
+            batch = []
+            for i, (answer, finished) in zip(idx, outs):
+                p = todo[i]
+                g = Generation(problem_id=p.id, prompt_ids=tuple(prompts[i]), answer_ids=answer,
+                               text=tokenizer.decode(list(answer), skip_special_tokens=True), finished=finished,
+                               question_hash=_question_hash(p))
+                fresh[p.id] = g
+                batch.append(g)
+            if folder is not None:
+                shard = folder / f"part-{stable_hash([g.problem_id for g in batch], 16)}.json"
+                atomic_write_text(shard, json.dumps({"batch_size": batch_size, "device": str(device),
+                                                     "generations": [g.to_dict() for g in batch]}))
+            bar.update(len(idx))
+        bar.close()
+
+    gens = tuple(usable[p.id] if p.id in usable else fresh[p.id] for p in problems)
+    return GenerationRun(model=spec.label, key=key, fingerprint=fingerprint, settings=settings, generations=gens,
+                         n_generated=len(fresh), n_cached=len(usable),
+                         cache_path=str(folder) if folder is not None else None)
+
+
+class _VllmRunner:
+    """Greedy decoding with vLLM (GPU only; not exercised by the test suite)."""
+
+    def __init__(self, spec: ModelSpec, dtype: str, max_new_tokens: int) -> None:
+        import vllm
+
+        kw = {"revision": spec.revision} if spec.revision else {}
+        path = os.path.join(spec.path, spec.gguf_file) if spec.gguf_file else spec.path
+        self.llm = vllm.LLM(model=path, dtype=str(dtype), seed=0, **kw)
+        self.params = vllm.SamplingParams(temperature=0.0, max_tokens=max_new_tokens, n=1)
+
+    def __call__(self, prompts: Sequence[Sequence[int]], eos_ids: Sequence[int]) -> list[tuple[tuple[int, ...], bool]]:
+        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], self.params, use_tqdm=False)
+        eos = set(eos_ids)
+        results = []
+        for o in outs:
+            answer, hit_eos = _cut_at_eos(list(o.outputs[0].token_ids), eos)
+            results.append((answer, hit_eos or o.outputs[0].finish_reason == "stop"))
+        return results

@@ -1,0 +1,147 @@
+"""Computing one pair's measurements on one dataset: selection, edge scores, metric intervals.
+
+:func:`measure_pair` runs :func:`eapbench.pipeline.paired.prepare_pair` once for all α, loads each
+model once, scores both models' inputs with :func:`eapbench.engine.attribution.score_inputs`, and
+bootstraps every claim metric (:func:`eapbench.analysis.stats.paired_bootstrap`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Sequence
+
+from .measurement import Measurement, RunConfig, counts_of, plain
+from .pairs import PairSpec
+
+log = logging.getLogger(__name__)
+
+
+def measure_pair(pair: PairSpec, dataset: str, alphas: Sequence[float], config: RunConfig, *,
+                 method_class: str, metric_names: Sequence[str]) -> list[Measurement]:
+    """One :class:`Measurement` per α (torch's thread count set to ``config.threads`` meanwhile)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if config.threads:
+        # One thread is both steadier on a shared 2-core machine (2 threads there ran generation
+        # 30x slower under load) and reproducible: the thread count changes float sums.
+        torch.set_num_threads(config.threads)
+    try:
+        return _measure(pair, dataset, alphas, config, method_class, metric_names)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _measure(pair: PairSpec, dataset: str, alphas: Sequence[float], cfg: RunConfig, method_class: str,
+             metric_names: Sequence[str]) -> list[Measurement]:
+    import torch
+
+    from ..engine.attribution import score_inputs
+    from ..engine.graph import ResidualGraph
+    from ..models import load_model
+    from ..pipeline import paired
+    from ..pipeline.selection import EmptySelectionError
+    from .baselines import provenance
+
+    dtype = cfg.dtype_for(pair)
+    r = pair.resolved()
+    log.info("measuring %s on %s at alpha %s (%s, %s)", pair.id, dataset, list(alphas), cfg.device, dtype)
+
+    def measurement(a: float, report: dict, prov: dict, metrics: dict, figures: dict | None = None,
+                    extra: dict | None = None) -> Measurement:
+        return Measurement(
+            pair=pair.id, method=pair.method, method_class=method_class, family=pair.family, group=pair.group,
+            dataset=dataset, alpha=float(a), metrics=metrics, selection=report, counts=counts_of(report),
+            config={**cfg.key_dict(pair), "dataset": dataset, "alpha": float(a)}, provenance=prov,
+            figures=figures or {}, extra=extra or {})
+
+    t0 = time.perf_counter()
+    try:
+        selections = paired.prepare_pair(
+            r.base, r.tuned, dataset, list(alphas), n_samples=cfg.n_samples, seed=cfg.seed,
+            beta=cfg.beta, gamma=cfg.gamma, delta=cfg.delta, limit=cfg.limit_for(pair), device=cfg.device,
+            dtype=dtype, batch_size=cfg.gen_batch_for(pair), allow_tokenizer_mismatch=pair.allow_tokenizer_mismatch,
+            cache=True, data_dir=cfg.data_dir, progress=cfg.progress)
+    except EmptySelectionError as exc:  # a real outcome (e.g. no problem both models solve): reported
+        log.warning("%s on %s: %s", pair.id, dataset, exc)
+        report = exc.report.to_dict()
+        return [measurement(a, report, provenance(cfg.device, dtype), {}, extra={"empty_selection": str(exc)})
+                for a in alphas]
+    t_prepare = time.perf_counter() - t0
+
+    scores: dict[tuple[str, float], Any] = {}
+    t_attr = {}
+    for side, spec in (("base", r.base), ("tuned", r.tuned)):
+        t1 = time.perf_counter()
+        model, tok = load_model(spec.path, dtype=dtype, device=cfg.device, gguf_file=spec.gguf_file,
+                                revision=spec.revision)
+        graph = ResidualGraph.from_model(model, granularity=cfg.granularity)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        for a in alphas:
+            inputs = getattr(selections[a], side)
+            if len(inputs) == 0:
+                scores[(side, a)] = None
+                continue
+            scores[(side, a)] = score_inputs(model, inputs, pad_token_id=pad, graph=graph,
+                                             batch_size=cfg.batch_size, progress=cfg.progress)
+        del model
+        if cfg.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        t_attr[side] = time.perf_counter() - t1
+
+    out = []
+    for a in alphas:
+        t2 = time.perf_counter()
+        metrics, figures, extra = bootstrap_metrics(scores[("base", a)], scores[("tuned", a)], cfg, metric_names)
+        t_stats = time.perf_counter() - t2
+        prov = provenance(cfg.device, dtype,
+                          models={s: {"path": m.path, "revision": m.revision, "name": m.name, "template": m.template}
+                                  for s, m in (("base", r.base), ("tuned", r.tuned))},
+                          seconds={"prepare_all_alphas": round(t_prepare, 2),
+                                   "attribution_all_alphas": {k: round(v, 2) for k, v in t_attr.items()},
+                                   "bootstrap": round(t_stats, 2)})
+        out.append(measurement(a, selections[a].report.to_dict(), prov, metrics, figures, extra))
+    return out
+
+
+def bootstrap_metrics(base, tuned, cfg: RunConfig, metric_names: Sequence[str]) -> tuple[dict, dict, dict]:
+    """Bootstrap every claim metric; figure data (mean |W| per edge, entropy per node)."""
+    import numpy as np
+
+    from ..analysis import metrics as M
+    from ..analysis import stats
+
+    if base is None or tuned is None:
+        return {}, {}, {"empty": True}
+    mask = base.graph.edge_mask
+    bs, ts = base.scores, tuned.scores
+    out, errors = {}, {}
+    for name in metric_names:
+        try:
+            res = stats.paired_bootstrap(name, bs, ts, mask, n_resamples=cfg.n_resamples,
+                                         seed=cfg.bootstrap_seed, confidence=cfg.confidence,
+                                         bins=cfg.bins, progress=False)
+        except ValueError as exc:  # degenerate metric on these samples: reported, not hidden
+            errors[name] = str(exc)
+            log.warning("metric %s undefined: %s", name, exc)
+            continue
+        out[name] = plain(res.to_dict())
+    g = base.graph
+    m_np = mask.cpu().numpy().astype(bool)
+    figures = {
+        "sources": list(g.sources), "destinations": list(g.destinations), "edge_mask": m_np.tolist(),
+        "mean_abs_base": np.where(m_np, bs.abs().mean(0).cpu().numpy(), 0.0).tolist(),
+        "mean_abs_tuned": np.where(m_np, ts.abs().mean(0).cpu().numpy(), 0.0).tolist(),
+        "entropy_per_node_base": np.nan_to_num(M.output_edge_entropy_per_node(bs, mask), nan=0.0).tolist(),
+        "entropy_per_node_tuned": np.nan_to_num(M.output_edge_entropy_per_node(ts, mask), nan=0.0).tolist(),
+        "n": int(bs.shape[0]),
+    }
+    extra: dict[str, Any] = {"metric_errors": errors} if errors else {}
+    try:
+        df = stats.complexity_sensitivity(bs, ts, mask, n_resamples=cfg.n_resamples, seed=cfg.bootstrap_seed,
+                                          confidence=cfg.confidence)
+        extra["complexity_sensitivity"] = plain(df.to_dict(orient="records"))
+    except ValueError as exc:
+        extra["complexity_sensitivity_error"] = str(exc)
+    return out, figures, extra

@@ -1,0 +1,98 @@
+"""Where measurements are found: this session's memory, then the on-disk cache.
+
+A cached measurement is keyed by everything that changes it — the models (file hashes), the
+options, the dataset and α, and the source of the modules that compute it — so a later run, the
+report and the baseline checks reuse it, and a change to any of those recomputes it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ..cache import atomic_write_text, cache_dir, file_sha256, stable_hash
+from .measurement import Measurement, RunConfig, case_id
+from .pairs import PairSpec
+
+log = logging.getLogger(__name__)
+
+MEASUREMENT_VERSION = 1
+# Modules (relative to the package) whose source is part of the cache key: change one and cached
+# measurements are recomputed.
+CODE_MODULES = ("engine/architectures", "engine/attribution", "engine/graph", "analysis/metrics", "analysis/stats",
+                "pipeline/data", "pipeline/generate", "pipeline/grading", "pipeline/paired", "pipeline/prompts",
+                "pipeline/selection", "pipeline/synthetic", "suite/measure", "models", "records")
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of the computing modules' source, taken once per process (the code this process runs)."""
+    here = Path(__file__).resolve().parent.parent
+    return stable_hash({mod: file_sha256(here / f"{mod}.py") for mod in CODE_MODULES
+                        if (here / f"{mod}.py").is_file()})
+
+
+def model_fingerprint(path: str, revision: str | None = None, gguf_file: str | None = None,
+                      max_hash_bytes: int = 256 << 20) -> dict[str, Any]:
+    """Identity of a model for cache keys: file hashes for small local folders, sizes and
+    modification times for big ones, the hub id and revision otherwise."""
+    p = Path(path)
+    if not p.exists():
+        return {"hub": path, "revision": revision, "gguf_file": gguf_file}
+    files = sorted(f for f in (p.rglob("*") if p.is_dir() else [p]) if f.is_file())
+    total = sum(f.stat().st_size for f in files)
+    if total <= max_hash_bytes:
+        return {"files": {str(f.relative_to(p) if p.is_dir() else f.name): file_sha256(f) for f in files}}
+    return {"files": {str(f.relative_to(p) if p.is_dir() else f.name): [f.stat().st_size, f.stat().st_mtime_ns]
+                      for f in files}}
+
+
+class MeasurementStore:
+    """Measurements of one session: kept in memory, and on disk unless ``use_disk`` is off."""
+
+    def __init__(self, config: RunConfig, *, use_disk: bool = True, root: str | Path | None = None) -> None:
+        self.config = config
+        self.use_disk = use_disk
+        self._root = Path(root) if root else None
+        self._memo: dict[str, Measurement] = {}
+
+    def path(self, pair: PairSpec, dataset: str, alpha: float) -> Path:
+        r = pair.resolved()
+        key = stable_hash({
+            "v": MEASUREMENT_VERSION, "code": code_fingerprint(), "dataset": dataset, "alpha": float(alpha),
+            "config": self.config.key_dict(pair), "method": pair.method,
+            "allow_tokenizer_mismatch": pair.allow_tokenizer_mismatch,
+            "models": [{**asdict(m), "fingerprint": model_fingerprint(m.path, m.revision, m.gguf_file)}
+                       for m in r.models]}, length=24)
+        return (self._root or cache_dir("suite")) / pair.id / f"{dataset}-a{alpha:g}-{key}.json"
+
+    def get(self, pair: PairSpec, dataset: str, alpha: float) -> Measurement | None:
+        """The measurement from memory, else from disk (an unreadable file is ignored), else None."""
+        cid = case_id(pair.id, dataset, alpha)
+        if cid in self._memo:
+            return self._memo[cid]
+        if not self.use_disk:
+            return None
+        path = self.path(pair, dataset, alpha)
+        if not path.is_file():
+            return None
+        try:
+            m = Measurement.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError) as exc:
+            log.warning("ignoring unreadable cached measurement %s: %s", path, exc)
+            return None
+        log.info("measurement %s loaded from %s", cid, path)
+        self._memo[cid] = m
+        return m
+
+    def put(self, pair: PairSpec, m: Measurement) -> None:
+        self._memo[m.id] = m
+        if self.use_disk:
+            atomic_write_text(self.path(pair, m.dataset, m.alpha), m.to_json())
+
+    def all(self) -> list[Measurement]:
+        return list(self._memo.values())

@@ -1,0 +1,229 @@
+"""Greedy generation with an on-disk cache (eapbench.pipeline.generate), on hand-built Markov models."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import eapbench.pipeline.generate as gen
+from eapbench.pipeline.generate import (Generation, generate, greedy_generate, load_tokenizer, model_fingerprint,
+                               tokenize_prompts)
+from eapbench.records import ModelSpec, Problem
+
+from pipeline_helpers import build_vocab, make_markov_model
+
+WORDS = "what is the answer to qa qb qc qd".split() + ["f1", "f2", "\\boxed{7}", "g1", "\\boxed{8}", "h1", "h2"]
+PATHS = {"qa": ["f1", "f2", "\\boxed{7}"], "qb": ["g1", "\\boxed{8}"], "qd": ["h1", "h2", "h1"]}  # qd loops forever
+TEMPLATE = "{question}"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EAPBENCH_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def vocab():
+    return build_vocab(WORDS)
+
+
+@pytest.fixture
+def model_dir(tmp_path, vocab):
+    return make_markov_model(tmp_path / "model", vocab, PATHS)
+
+
+def problems():
+    qs = ["what is qa", "the answer to qb", "qc", "what is the answer to qd", "is qa", "qb"]
+    return [Problem(id=f"p{i}", question=q, answer="7", source="toy") for i, q in enumerate(qs)]
+
+
+def spec(path, **kw):
+    return ModelSpec(str(path), TEMPLATE, max_new_tokens=kw.pop("max_new_tokens", 6), **kw)
+
+
+def _oracle_greedy(model, prompt, max_new_tokens, eos):
+    """Unbatched, unpadded, no KV cache: one full forward per new token."""
+    ids = list(prompt)
+    out = []
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, -1]
+        t = int(logits.argmax())
+        if t in eos:
+            return tuple(out), True
+        out.append(t)
+        ids.append(t)
+    return tuple(out), False
+
+
+def test_batched_left_padded_cached_decoding_matches_unbatched_oracle(tmp_path, vocab):
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    # a random (not hand-built) model, so that attention over left padding really matters
+    torch.manual_seed(3)
+    cfg = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5,
+                      max_position_embeddings=128)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "rand")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "rand").eval()
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
+    got = greedy_generate(model, prompts, max_new_tokens=8, eos_ids=[39], pad_id=0)
+    for p, g in zip(prompts, got):
+        assert g == _oracle_greedy(model, p, 8, {39})
+    # stop at EOS: declare a token the first row produces (for the first time) at step >= 2 to be EOS
+    first = got[0][0]
+    k = next(i for i, t in enumerate(first) if i >= 2 and t not in first[:i])
+    stop = first[k]
+    cut = greedy_generate(model, prompts, max_new_tokens=8, eos_ids=[stop], pad_id=0)
+    assert cut[0] == (first[:k], True)
+    for p, g in zip(prompts, cut):
+        assert g == _oracle_greedy(model, p, 8, {stop})
+
+
+def test_generate_answers_and_finished_flags(model_dir, vocab):
+    run = generate(spec(model_dir), problems(), dataset="toy", progress=False)
+    by = run.by_id()
+    idx = {w: i for i, w in enumerate(vocab)}
+    assert by["p0"].answer_ids == tuple(idx[w] for w in PATHS["qa"]) and by["p0"].finished
+    assert by["p0"].text == "f1 f2 \\boxed{7}"
+    assert by["p1"].text == "g1 \\boxed{8}"
+    assert by["p2"].answer_ids == () and by["p2"].finished  # EOS straight away
+    assert len(by["p3"].answer_ids) == 6 and not by["p3"].finished  # ran into max_new_tokens
+    assert by["p0"].prompt_ids == tuple(idx[w] for w in "what is qa".split())
+    assert [g.problem_id for g in run.generations] == [p.id for p in problems()]
+    assert (run.n_generated, run.n_cached) == (6, 0)
+
+
+def test_second_run_hits_the_cache_without_loading_the_model(model_dir, monkeypatch):
+    first = generate(spec(model_dir), problems(), dataset="toy", batch_size=4, progress=False)
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded although every answer was cached")
+
+    monkeypatch.setattr("eapbench.models.load_model", no_model)
+    monkeypatch.setattr(gen, "greedy_generate", no_model)
+    second = generate(spec(model_dir), problems(), dataset="toy", batch_size=2, progress=False)
+    assert (second.n_generated, second.n_cached) == (0, 6)
+    assert second.generations == first.generations and second.key == first.key
+
+
+def test_interrupted_run_resumes_where_it_stopped(model_dir, tmp_path, monkeypatch):
+    reference = generate(spec(model_dir), problems(), dataset="toy", batch_size=2, cache=False, progress=False)
+    real = gen.greedy_generate
+    calls = {"n": 0}
+
+    def dies_after_one_batch(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(gen, "greedy_generate", dies_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        generate(spec(model_dir), problems(), dataset="toy", batch_size=2, progress=False)
+    monkeypatch.setattr(gen, "greedy_generate", real)
+    resumed = generate(spec(model_dir), problems(), dataset="toy", batch_size=2, progress=False)
+    assert (resumed.n_cached, resumed.n_generated) == (2, 4)
+    assert resumed.generations == reference.generations
+
+
+def test_changed_checkpoint_is_not_served_from_cache(model_dir, vocab, caplog):
+    first = generate(spec(model_dir), problems(), dataset="toy", progress=False)
+    other = dict(PATHS, qa=["f1", "\\boxed{7}"])  # the "fine-tuned" model answers qa differently
+    make_markov_model(model_dir, vocab, other)  # overwrite the weights in place
+    with caplog.at_level(logging.WARNING, logger="eapbench.pipeline.generate"):
+        second = generate(spec(model_dir), problems(), dataset="toy", progress=False)
+    assert second.key != first.key and second.n_generated == 6
+    assert second.by_id()["p0"].text == "f1 \\boxed{7}"
+    assert "fingerprint changed" in caplog.text
+
+
+def test_key_depends_on_template_decoding_and_dataset(model_dir):
+    base = generate(spec(model_dir), problems(), dataset="toy", progress=False).key
+    assert generate(spec(model_dir, max_new_tokens=5), problems(), dataset="toy", progress=False).key != base
+    assert generate(ModelSpec(str(model_dir), "what {question}", max_new_tokens=6), problems(), dataset="toy",
+                    progress=False).key != base
+    assert generate(spec(model_dir), problems(), dataset="toy2", progress=False).key != base
+
+
+def test_changed_question_under_same_id_is_regenerated(model_dir):
+    generate(spec(model_dir), problems(), dataset="toy", progress=False)
+    changed = problems()
+    changed[1] = Problem(id="p1", question="what is qa", answer="7", source="toy")
+    run = generate(spec(model_dir), changed, dataset="toy", progress=False)
+    assert (run.n_generated, run.n_cached) == (1, 5)
+    assert run.by_id()["p1"].text == "f1 f2 \\boxed{7}"
+
+
+def test_unreadable_shard_is_regenerated(model_dir):
+    run = generate(spec(model_dir), problems(), dataset="toy", batch_size=3, progress=False)
+    from pathlib import Path
+
+    shards = sorted(Path(run.cache_path).glob("part-*.json"))
+    assert len(shards) == 2
+    shards[0].write_text("{ not json")
+    again = generate(spec(model_dir), problems(), dataset="toy", batch_size=3, progress=False)
+    assert (again.n_generated, again.n_cached) == (3, 3) and again.generations == run.generations
+
+
+def test_fingerprint_of_local_folder(model_dir):
+    fp = model_fingerprint(spec(model_dir))
+    assert fp["kind"] == "local" and "model.safetensors" in fp["files"] and "tokenizer.json" in fp["files"]
+    assert fp["config"]["model_type"] == "llama"
+    assert model_fingerprint(spec(model_dir)) == fp
+
+
+def test_fingerprint_of_hub_model_needs_a_commit(monkeypatch):
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    assert model_fingerprint(ModelSpec("org/model", "mini", revision=sha))["commit"] == sha
+
+    def offline(*a, **k):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr("huggingface_hub.HfApi.model_info", offline)
+    with pytest.raises(ValueError, match="Pin the commit in ModelSpec.revision"):
+        model_fingerprint(ModelSpec("org/surely-not-cached-model", "mini"))
+
+
+def test_fingerprint_rejects_folder_without_weights(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no weight file"):
+        model_fingerprint(ModelSpec(str(tmp_path / "empty"), "mini"))
+
+
+def test_tokenize_prompts_uses_template(model_dir, vocab):
+    tok = load_tokenizer(spec(model_dir))
+    ids = tokenize_prompts(tok, "what {question}", [Problem("x", "is qa", "7", "toy")])
+    idx = {w: i for i, w in enumerate(vocab)}
+    assert ids == [[idx["what"], idx["is"], idx["qa"]]]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+    ({"backend": "tgi"}, "unknown backend"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+])
+def test_bad_arguments(model_dir, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        generate(spec(model_dir), problems(), dataset="toy", progress=False, **kwargs)
+
+
+def test_vllm_backend_refused_without_gpu(model_dir):
+    if gen._vllm_available():
+        pytest.skip("vLLM and a GPU are present")
+    with pytest.raises(RuntimeError, match="vllm package and a CUDA GPU"):
+        generate(spec(model_dir), problems(), dataset="toy", backend="vllm", progress=False)
+
+
+def test_duplicate_problem_ids_rejected(model_dir):
+    ps = problems()
+    with pytest.raises(ValueError, match="unique"):
+        generate(spec(model_dir), ps + ps[:1], dataset="toy", progress=False)
+
+
+def test_generation_round_trips_through_dict():
+    g = Generation("p", (1, 2), (3,), "x", False, "h")
+    assert Generation.from_dict(g.to_dict()) == g
