@@ -48,9 +48,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="torch CPU threads while measuring (default 1: steady on shared CPUs, reproducible; 0 = torch default)")
     suite.addoption("--data-dir", default=None, help="folder with datasets not shipped offline (college_math)")
     suite.addoption("--regen-baselines", action="store_true", default=False,
-                    help="rewrite baselines/<pair>/<dataset>/alpha-<a>.json from this run's measurements")
+                    help="rewrite baselines/<pair>/<dataset>/alpha-<a>.json from this run's measurements "
+                         "(only with each pair's canonical settings; see --regen-variant)")
+    suite.addoption("--regen-variant", action="store_true", default=False,
+                    help="with --regen-baselines and settings other than a pair's canonical ones (N, limit, "
+                         "resamples, ...): store under baselines/<pair>/<dataset>/variants/<settings>/ instead "
+                         "of refusing; the canonical baselines are never overwritten")
     suite.addoption("--report", default=None, metavar="DIR",
                     help="write results.json, table1.md and figures into DIR")
+    suite.addoption("--shard", default=None, metavar="I/N",
+                    help="run only shard I of N of the selected pairs (deterministic by pair id), e.g. one CI "
+                         "matrix job or array task each; join their reports with `eapbench report merge`")
+    suite.addoption("--device-map", default=None, metavar="MAP",
+                    help="spread each model over devices with accelerate (auto, balanced, sequential): for "
+                         "models larger than one GPU; scores equal the undispatched model's")
+    suite.addoption("--max-memory", default=None, metavar="DEV=SIZE,...",
+                    help="with --device-map: memory per device, e.g. '0=70GiB,1=70GiB,cpu=200GiB'")
     suite.addoption("--no-suite-cache", action="store_true", default=False,
                     help="recompute measurements instead of reading the on-disk measurement cache")
 

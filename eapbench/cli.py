@@ -4,7 +4,9 @@
   measurement, verdicts and report for a new pair, without writing tests;
 - ``eapbench pairs [GROUP]``: the registered pairs and whether they can run here;
 - ``eapbench zoo train ...``: rebuild the mini zoo (forwards to :mod:`eapbench.zoo.build`);
-  ``eapbench zoo eval``: each child vs sft on held-out problems (:mod:`eapbench.zoo.evaluate`).
+  ``eapbench zoo eval``: each child vs sft on held-out problems (:mod:`eapbench.zoo.evaluate`);
+- ``eapbench report merge DIR... --out DIR``: one report from the report folders of shards, matrix
+  jobs or machines (:mod:`eapbench.suite.merge`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ def _compare_parser(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="at most this many dataset problems")
     p.add_argument("--n-resamples", type=int, default=9999)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--device-map", default=None, help="spread each model over devices with accelerate (auto, "
+                   "balanced, sequential): for models larger than one GPU")
+    p.add_argument("--max-memory", default=None, metavar="DEV=SIZE,...",
+                   help="with --device-map: memory per device, e.g. '0=70GiB,1=70GiB,cpu=200GiB'")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--granularity", default="qkv", choices=("qkv", "block"))
     p.add_argument("--batch-size", type=int, default=8, help="attribution batch size")
@@ -53,13 +59,63 @@ def _compare_parser(sub) -> None:
 
 
 def compare(args: argparse.Namespace) -> int:
-    from .suite.pairs import _looks_like_hub_id, pair_from_mapping, weights_missing
     from .suite.report import summary_lines, write_report
     from .suite.runner import RunConfig, Runner
 
-    from .suite.pairs import MINI_GEN_BATCH, MINI_MAX_NEW_TOKENS
+    from .models import ModelLoadError
 
-    template = args.template or ("mini" if args.base.startswith("zoo:") else "chat")
+    pair, _template = check_compare(args)  # every option, before any model loads (OptionError: exit 2)
+    cfg = RunConfig(n_samples=args.n_samples, granularity=args.granularity, device=args.device, dtype=args.dtype,
+                    n_resamples=args.n_resamples, batch_size=args.batch_size, limit=args.limit,
+                    data_dir=args.data_dir, threads=args.threads or None, device_map=args.device_map,
+                    max_memory=args.max_memory)
+    runner = Runner([pair], cfg)
+    try:
+        for dataset, alpha in runner.cases(pair):
+            runner.verdicts(pair, dataset, alpha)
+    except ModelLoadError as exc:  # checked above as far as possible without loading; name the side
+        sides = [f"{flag} {value}" for flag, value, spec in (("--base", args.base, pair.base),
+                                                               ("--tuned", args.tuned, pair.tuned))
+                 if spec.path in str(exc) or value in str(exc)]
+        raise ModelLoadError(f"{' / '.join(sides) or 'a model'}: {exc}") from exc
+    results = runner.results()
+    print("\n".join(summary_lines(results)))
+    paths = write_report(results, args.report, with_figures=not args.no_figures,
+                         extra={"pair": pair.to_dict()})
+    print(f"report: {Path(paths['markdown']).parent} (results.json, table1.md, {len(paths['figures'])} figures)")
+    statuses = [v["status"] for r in results for v in r["verdicts"].values()]
+    bad = {"fail"} | ({"inconclusive"} if args.strict else set())
+    return 1 if any(s in bad for s in statuses) else 0
+
+
+def check_compare(args: argparse.Namespace):
+    """Validate every ``compare`` option (:mod:`eapbench.suite.options`); returns ``(pair, template)``."""
+    from .suite import options as O
+    from .suite.pairs import METHODS, MINI_GEN_BATCH, MINI_MAX_NEW_TOKENS, PairSpec, pair_from_mapping
+    from .records import ModelSpec
+
+    O.check_run_options(device=args.device, n_samples=args.n_samples, n_resamples=args.n_resamples,
+                        batch_size=args.batch_size, threads=args.threads, limit=args.limit,
+                        gen_batch_size=args.gen_batch_size, dtype=args.dtype)
+    O.check_alphas("--alpha", args.alpha)
+    O.check_placement(args.device_map, args.max_memory)
+    O.check_int("--max-new-tokens", args.max_new_tokens, optional=True,
+                fix="the answer length cap in tokens, e.g. 1024 (omit it for the default)")
+    O.check_datasets("--dataset", args.dataset)
+    O.check_report("--report", args.report)
+    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
+        raise O.OptionError(f"--data-dir {args.data_dir}: no such folder; pass the folder that holds "
+                            "<dataset>/test.jsonl")
+    if args.method.lower() not in METHODS:
+        raise O.OptionError(f"--method {args.method}: unknown method {args.method!r}; use one of {', '.join(METHODS)}")
+    try:
+        PairSpec(id=args.name, base=ModelSpec("-", "-"), tuned=ModelSpec("-", "-"), method="grpo", family="-")
+    except ValueError as exc:
+        raise O.OptionError(f"--name {args.name}: {exc}") from None
+    for flag, value in (("--base", args.base), ("--tuned", args.tuned)):
+        if not value.strip():
+            raise O.OptionError(f"{flag}: empty; pass a hub id, a local folder, a .gguf file or zoo:<name>")
+    template = args.template or ("mini" if O.is_zoo_folder(args.base) else "chat")
     mini = template == "mini"
     max_new = args.max_new_tokens or (MINI_MAX_NEW_TOKENS if mini else 1024)
     gen_batch = args.gen_batch_size or (MINI_GEN_BATCH if mini else 8)
@@ -69,25 +125,11 @@ def compare(args: argparse.Namespace) -> int:
                               "allow_tokenizer_mismatch": args.allow_tokenizer_mismatch,
                               "gen_batch_size": gen_batch, "limit": args.limit},
                              where="eapbench compare")
-    for spec in pair.models:
-        why = weights_missing(spec)
-        if why and not _looks_like_hub_id(spec.path):  # hub ids may be downloaded; local paths must exist
-            print(f"eapbench compare: missing {why}", file=sys.stderr)
-            return 2
-    cfg = RunConfig(n_samples=args.n_samples, granularity=args.granularity, device=args.device, dtype=args.dtype,
-                    n_resamples=args.n_resamples, batch_size=args.batch_size, limit=args.limit,
-                    data_dir=args.data_dir, threads=args.threads or None)
-    runner = Runner([pair], cfg)
-    for dataset, alpha in runner.cases(pair):
-        runner.verdicts(pair, dataset, alpha)
-    results = runner.results()
-    print("\n".join(summary_lines(results)))
-    paths = write_report(results, args.report, with_figures=not args.no_figures,
-                         extra={"pair": pair.to_dict()})
-    print(f"report: {Path(paths['markdown']).parent} (results.json, table1.md, {len(paths['figures'])} figures)")
-    statuses = [v["status"] for r in results for v in r["verdicts"].values()]
-    bad = {"fail"} | ({"inconclusive"} if args.strict else set())
-    return 1 if any(s in bad for s in statuses) else 0
+    models = {flag: (value, O.check_model(flag, value, spec, side=side))
+              for flag, value, spec, side in (("--base", args.base, pair.base, "base"),
+                                              ("--tuned", args.tuned, pair.tuned, "tuned"))}
+    O.check_template("--template", template, models)
+    return pair, template
 
 
 def list_pairs(args: argparse.Namespace) -> int:
@@ -120,6 +162,21 @@ def zoo(argv: Sequence[str]) -> int:
     return int(zoo_main(argv) or 0)
 
 
+def merge(args: argparse.Namespace) -> int:
+    from .suite.merge import merge_reports
+    from .suite.report import partial_line, read_report, summary_lines
+
+    paths = merge_reports(args.folders, args.out, with_figures=not args.no_figures)
+    payload = read_report(args.out)
+    print("\n".join(summary_lines(payload["results"], payload.get("skipped"))))
+    partial = partial_line(paths)
+    if partial:
+        print(partial)
+    print(f"report: {Path(paths['markdown']).parent} (results.json, table1.md, {len(paths['figures'])} figures)"
+          + ("" if paths["complete"] else " -- PARTIAL"))
+    return 0 if paths["complete"] else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -133,14 +190,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     lp.add_argument("--device", default="cpu")
     sub.add_parser("zoo", help="rebuild the mini zoo (`eapbench zoo train [options]`) or compare its children "
                                "with sft (`eapbench zoo eval`)")
+    rp = sub.add_parser("report", help="work with report folders: `eapbench report merge DIR... --out DIR`")
+    rsub = rp.add_subparsers(dest="report_command", required=True)
+    mp = rsub.add_parser("merge", help="merge report folders (shards, matrix jobs, machines) into one report")
+    mp.add_argument("folders", nargs="+", metavar="DIR", help="report folders written by `pytest suites/ --report`")
+    mp.add_argument("--out", required=True, metavar="DIR", help="folder for the merged report")
+    mp.add_argument("--no-figures", action="store_true")
     args = ap.parse_args(argv)
     try:
         if args.command == "compare":
             return compare(args)
         if args.command == "pairs":
             return list_pairs(args)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        print(f"eapbench {args.command}: {exc}", file=sys.stderr)
+        if args.command == "report":
+            return merge(args)
+    except (ValueError, KeyError, OSError) as exc:  # bad input (options.OptionError, data, models): one line
+        msg = " ".join(str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).split())
+        print(f"eapbench {args.command}: {msg}", file=sys.stderr)
         return 2
     return 2
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -23,9 +24,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..cache import atomic_save, stable_hash
+from ..cache import atomic_save, drop_corrupt, stable_hash
 from .architectures import ArchSpec, arch_spec, decoder_layers, get_module
 from .graph import QKV, ResidualGraph
+from ..models import input_device
 from ..records import AttributionInputs
 
 log = logging.getLogger(__name__)
@@ -113,8 +115,9 @@ class _Scorer:
         k = max(ks)
         g = torch.stack(grads, dim=-1)  # [B, T, d, m]
         if self.has_padding:
-            g = g * self.token_mask[:, :, None, None].to(g.dtype)
+            g = g * self.token_mask[:, :, None, None].to(device=g.device, dtype=g.dtype)
         B, T, d, m = g.shape
+        g = g.to(self.outputs.device)  # a dispatched model's layers may sit on other devices than the buffer
         o = self.outputs[:, :k].reshape(B, k, T * d)
         g = g.reshape(B, T * d, m)
         acc = torch.float64 if o.dtype == torch.float64 else torch.float32
@@ -249,11 +252,15 @@ def _per_sample_loss(model: nn.Module, spec: ArchSpec, hidden: torch.Tensor, inp
                      loss_mask: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """Mean NLL of each row's targets; logits are computed only where a target is predicted."""
     tgt_b, tgt_t = loss_mask.bool().nonzero(as_tuple=True)
-    h = hidden[tgt_b, tgt_t - 1]
+    h = hidden[tgt_b.to(hidden.device), (tgt_t - 1).to(hidden.device)]
     targets = input_ids[tgt_b, tgt_t]
     head = get_module(model, spec.lm_head)
-    nll = torch.cat([F.cross_entropy(_at_least_fp32(head(h[i:i + chunk])), targets[i:i + chunk], reduction="none")
-                     for i in range(0, h.shape[0], chunk)])
+    parts = []
+    for i in range(0, h.shape[0], chunk):
+        logits = _at_least_fp32(head(h[i:i + chunk]))  # on the head's device, for a dispatched model
+        parts.append(F.cross_entropy(logits, targets[i:i + chunk].to(logits.device), reduction="none"))
+    nll = torch.cat(parts)
+    tgt_b = tgt_b.to(nll.device)
     B = input_ids.shape[0]
     total = torch.zeros(B, dtype=nll.dtype, device=nll.device).index_add(0, tgt_b, nll)
     counts = torch.zeros(B, dtype=nll.dtype, device=nll.device).index_add(0, tgt_b, torch.ones_like(nll))
@@ -305,6 +312,15 @@ def _execution_mode(model: nn.Module, checkpointing: bool) -> Iterator[None]:
         model.train(was_training)
 
 
+def execution_device(model: nn.Module) -> torch.device:
+    """Where the model's inputs go (:func:`eapbench.models.input_device`); a model whose weights are
+    all on ``meta`` with no accelerate hook to load them is an :class:`AttributionError`."""
+    try:
+        return input_device(model)
+    except ValueError as exc:
+        raise AttributionError(str(exc)) from None
+
+
 def attribute(model: nn.Module, input_ids: torch.Tensor, loss_mask: torch.Tensor, *,
               graph: ResidualGraph | None = None, attention_mask: torch.Tensor | None = None,
               checkpointing: bool = False, return_loss: bool = False):
@@ -318,7 +334,7 @@ def attribute(model: nn.Module, input_ids: torch.Tensor, loss_mask: torch.Tensor
     """
     spec = arch_spec(model)
     graph = graph or ResidualGraph.from_model(model)
-    device = next(model.parameters()).device
+    device = execution_device(model)
     input_ids = input_ids.to(device)
     loss_mask = loss_mask.to(device).bool()
     attention_mask = (torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)).long()
@@ -370,14 +386,42 @@ class EdgeScores:
         return self.scores[:, self.edge_mask]
 
 
+RESUME_FORMAT = 2  # part of every resume file's key: bump when the saved layout or the scores change
+
+
+def _load_resumed_batch(path: Path, n_rows: int, graph: ResidualGraph) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A saved batch's (scores, losses), or None when absent; an unreadable or mis-shaped file is
+    named in a warning and deleted (its batch is then computed again)."""
+    if not path.is_file():
+        return None
+    try:
+        with warnings.catch_warnings():  # torch's warnings about a garbage file's pickle protocol
+            warnings.simplefilter("ignore")
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        s, l = saved["scores"], saved["losses"]
+        want = (n_rows, len(graph.sources), len(graph.destinations))
+        if not (isinstance(s, torch.Tensor) and isinstance(l, torch.Tensor) and tuple(s.shape) == want
+                and tuple(l.shape) == (n_rows,)):
+            raise ValueError(f"expected scores of shape {want} and {n_rows} losses")
+        return s, l
+    except Exception as exc:  # any corruption: recompute rather than fail or trust it
+        drop_corrupt(path, "attribution resume file", exc)
+        return None
+
+
 def score_inputs(model: nn.Module, inputs: AttributionInputs, *, pad_token_id: int,
                  graph: ResidualGraph | None = None, batch_size: int = 8, checkpointing: bool = False,
-                 progress: bool = True, resume_dir: str | Path | None = None, cache_key: str = "") -> EdgeScores:
+                 progress: bool = True, resume_dir: str | Path | None = None, cache_key: str = "",
+                 cleanup: bool = False) -> EdgeScores:
     """Score every sample of ``inputs`` in batches (right padding), with a progress bar.
 
     With ``resume_dir``, each finished batch is saved there (keyed by ``cache_key`` — pass the
-    model's fingerprint — the graph and the batch's token ids), so an interrupted run resumes
-    at the first unfinished batch.
+    model's fingerprint —, the graph's granularity and node names, the model's dtype and device,
+    ``t_cut`` and the batch's token ids, prompt lengths and masks), so an interrupted run resumes
+    at the first unfinished batch; a saved batch is reused bit for bit, an unreadable one is
+    recomputed. ``cleanup=True`` deletes this call's batch files once every batch is done (the
+    caller then keeps the scores); by default they stay for the next call with the same inputs.
+    ``meta`` records ``resumed_batches`` and ``computed_batches``.
     """
     from tqdm.auto import tqdm
 
@@ -386,30 +430,46 @@ def score_inputs(model: nn.Module, inputs: AttributionInputs, *, pad_token_id: i
     n_batches = -(-len(inputs) // batch_size)
     log.info("attributing %d samples (%s, %d layers, %s) in %d batches", len(inputs), graph.model_type,
              graph.n_layers, graph.granularity, n_batches)
-    reused = 0
-    for ids, attn, mask in tqdm(inputs.batches(batch_size, pad_token_id), total=n_batches,
-                                desc=f"EAP {inputs.model or graph.model_type}", disable=not progress):
+    param = next(model.parameters())
+    reused = computed = 0
+    paths: list[Path] = []
+    for start, (ids, attn, mask) in zip(range(0, len(inputs), batch_size),
+                                        tqdm(inputs.batches(batch_size, pad_token_id), total=n_batches,
+                                             desc=f"EAP {inputs.model or graph.model_type}", disable=not progress)):
         path = None
         if resume_dir is not None:
-            key = stable_hash([cache_key, graph.n_layers, graph.granularity, graph.model_type,
-                               str(next(model.parameters()).dtype), ids.tolist(), mask.tolist()])
+            key = stable_hash({"format": RESUME_FORMAT, "model": cache_key, "model_type": graph.model_type,
+                               "n_layers": graph.n_layers, "granularity": graph.granularity,
+                               "sources": list(graph.sources), "destinations": list(graph.destinations),
+                               "dtype": str(param.dtype), "device": str(param.device), "t_cut": inputs.t_cut,
+                               "prompt_lengths": list(inputs.prompt_lengths[start:start + batch_size]),
+                               "ids": ids.tolist(), "attention": attn.tolist(), "targets": mask.tolist()}, 24)
             path = Path(resume_dir) / f"batch-{key}.pt"
-            if path.is_file():
-                saved = torch.load(path)
-                chunks.append(saved["scores"])
-                losses.append(saved["losses"])
+            paths.append(path)
+            saved = _load_resumed_batch(path, ids.shape[0], graph)
+            if saved is not None:
+                chunks.append(saved[0])
+                losses.append(saved[1])
                 reused += 1
                 continue
         s, l = attribute(model, ids, mask, graph=graph, attention_mask=attn, checkpointing=checkpointing,
                          return_loss=True)
+        computed += 1
         if path is not None:
-            atomic_save(path, lambda p, s=s, l=l: torch.save({"scores": s, "losses": l}, p))
+            try:
+                atomic_save(path, lambda p, s=s, l=l: torch.save({"scores": s, "losses": l}, p))
+            except OSError as exc:  # a full disk or a vanished folder costs the resume, not the run
+                log.warning("could not save attribution resume file %s: %s", path, exc)
         chunks.append(s)
         losses.append(l)
-    if reused:
-        log.info("resumed %d of %d batches from %s", reused, n_batches, resume_dir)
-    meta = {"batch_size": batch_size, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-            "device": str(next(model.parameters()).device), "granularity": graph.granularity,
-            "t_cut": inputs.t_cut, "model": inputs.model, "resumed_batches": reused}
+    if resume_dir is not None:
+        log.info("%s: resumed %d of %d batches from %s, computed %d", inputs.model or graph.model_type, reused,
+                 n_batches, resume_dir, computed)
+        if cleanup:
+            for path in paths:
+                path.unlink(missing_ok=True)
+    meta = {"batch_size": batch_size, "dtype": str(param.dtype).replace("torch.", ""),
+            "device": str(param.device), "granularity": graph.granularity,
+            "t_cut": inputs.t_cut, "model": inputs.model, "resumed_batches": reused, "computed_batches": computed}
     return EdgeScores(scores=torch.cat(chunks), graph=graph, problem_ids=inputs.problem_ids,
                       losses=torch.cat(losses), meta=meta)

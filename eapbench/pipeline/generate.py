@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..cache import atomic_write_text, cache_dir, file_sha256, stable_hash
+from ..cache import atomic_write_text, cache_dir, drop_corrupt, file_sha256, read_json_entry, stable_hash
 from .prompts import Template, get_template
 from ..records import ModelSpec, Problem
 
@@ -96,13 +96,9 @@ def _hash_file_memo(path: Path) -> str:
     st = path.stat()
     memo = cache_dir("fingerprints") / f"{stable_hash(str(path.resolve()))}.json"
     stamp = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    if memo.is_file():
-        try:
-            saved = json.loads(memo.read_text())
-            if {k: saved.get(k) for k in stamp} == stamp:
-                return saved["sha256"]
-        except (json.JSONDecodeError, KeyError, OSError):
-            pass
+    saved = read_json_entry(memo, "fingerprint memo")
+    if saved is not None and {k: saved.get(k) for k in stamp} == stamp and isinstance(saved.get("sha256"), str):
+        return saved["sha256"]
     digest = file_sha256(path)
     atomic_write_text(memo, json.dumps({**stamp, "sha256": digest}))
     return digest
@@ -238,8 +234,10 @@ def greedy_generate(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tok
     import torch
     from transformers import GenerationConfig
 
+    from ..models import input_device
+
     width = max(len(p) for p in prompts)
-    device = next(model.parameters()).device
+    device = input_device(model)  # a dispatched model's weights may be on meta: its embedding's device
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(prompts), width), dtype=torch.long)
     for r, p in enumerate(prompts):
@@ -273,13 +271,15 @@ def _question_hash(p: Problem) -> str:
 def _load_shards(folder: Path) -> dict[str, Generation]:
     found: dict[str, Generation] = {}
     for shard in sorted(folder.glob("part-*.json")):
+        data = read_json_entry(shard, "generation cache shard")
+        if data is None:
+            continue
         try:
-            data = json.loads(shard.read_text())
-            for d in data["generations"]:
-                g = Generation.from_dict(d)
-                found[g.problem_id] = g
-        except (json.JSONDecodeError, KeyError, TypeError, OSError) as e:
-            log.warning("ignoring unreadable cache shard %s (%s); its problems will be regenerated", shard, e)
+            gens = [Generation.from_dict(d) for d in data["generations"]]
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # valid JSON, not a shard
+            drop_corrupt(shard, "generation cache shard", e)
+            continue
+        found.update((g.problem_id, g) for g in gens)
     return found
 
 
@@ -287,9 +287,8 @@ def _warn_if_checkpoint_changed(root: Path, key: str, meta: dict[str, Any]) -> N
     for other in root.glob("*/meta.json"):
         if other.parent.name == key:
             continue
-        try:
-            m = json.loads(other.read_text())
-        except (json.JSONDecodeError, OSError):
+        m = read_json_entry(other, "generation cache meta.json")
+        if m is None:
             continue
         same_job = all(m.get(k) == meta[k] for k in ("model_path", "dataset", "template", "settings"))
         if same_job and m.get("fingerprint") != meta["fingerprint"]:
@@ -303,11 +302,12 @@ def _warn_if_checkpoint_changed(root: Path, key: str, meta: dict[str, Any]) -> N
 def generate(spec: ModelSpec, problems: Sequence[Problem], *, dataset: str, model: Any = None,
              tokenizer: Any = None, batch_size: int = 8, max_new_tokens: int | None = None,
              device: str = "cpu", dtype: str = "float32", backend: str = "hf", cache: bool = True,
-             progress: bool = True) -> GenerationRun:
+             progress: bool = True, device_map: str | None = None, max_memory: str | None = None) -> GenerationRun:
     """Greedy answers of ``spec``'s model to ``problems`` (cached; see the module docstring).
 
     ``model``/``tokenizer`` may be passed already loaded (they must be ``spec``'s); otherwise they
-    are loaded only if some problem is not cached. ``max_new_tokens`` defaults to
+    are loaded only if some problem is not cached (``device_map``/``max_memory``: spread over
+    devices, :func:`eapbench.models.load_model`). ``max_new_tokens`` defaults to
     ``spec.max_new_tokens``. ``dataset`` names the problem set in the cache key.
     """
     from tqdm.auto import tqdm
@@ -336,10 +336,15 @@ def generate(spec: ModelSpec, problems: Sequence[Problem], *, dataset: str, mode
         key = stable_hash(meta, 20)
         root = cache_dir("generations")
         folder = root / key
-        if not (folder / "meta.json").is_file():
+        meta_json = json.dumps(meta, indent=1, sort_keys=True, default=str)
+        found = read_json_entry(folder / "meta.json", "generation cache meta.json")  # None: new, or was corrupt
+        if found is not None and found != json.loads(meta_json):
+            drop_corrupt(folder / "meta.json", "generation cache meta.json", ValueError("it does not match its key"))
+            found = None
+        if found is None:
             _warn_if_checkpoint_changed(root, key, meta)
             folder.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(folder / "meta.json", json.dumps(meta, indent=1, sort_keys=True, default=str))
+            atomic_write_text(folder / "meta.json", meta_json)
         cached = _load_shards(folder)
     usable = {p.id: cached[p.id] for p in problems
               if p.id in cached and cached[p.id].question_hash == _question_hash(p)}
@@ -354,7 +359,7 @@ def generate(spec: ModelSpec, problems: Sequence[Problem], *, dataset: str, mode
             from ..models import load_model
 
             model, _ = load_model(spec.path, dtype=dtype, device=device, gguf_file=spec.gguf_file,
-                                  revision=spec.revision)
+                                  revision=spec.revision, device_map=device_map, max_memory=max_memory)
         prompts = tokenize_prompts(tokenizer, tpl, todo)
         order = sorted(range(len(todo)), key=lambda i: (-len(prompts[i]), todo[i].id))
         bar = tqdm(total=len(todo), desc=f"generate {spec.label} on {dataset}", disable=not progress, unit="problem")

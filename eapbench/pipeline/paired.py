@@ -64,7 +64,8 @@ def check_same_tokenizer(base_tok: Any, tuned_tok: Any, *, allow_mismatch: bool 
     if diffs and not allow_mismatch:
         raise TokenizerMismatchError(
             f"{names[0]} and {names[1]} use different tokenizers: {'; '.join(diffs)}. {WHY_ONE_TOKENIZER} "
-            "If you accept that, pass allow_tokenizer_mismatch=True.")
+            "If you accept that: `eapbench compare --allow-tokenizer-mismatch`, the pair key "
+            "`allow_tokenizer_mismatch: true` (suite --pair), or allow_tokenizer_mismatch=True (Python).")
     if diffs:
         log.warning("tokenizers of %s and %s differ (%s); proceeding because allow_tokenizer_mismatch=True",
                     names[0], names[1], "; ".join(diffs))
@@ -89,7 +90,8 @@ def prepare_pair(base: ModelSpec, tuned: ModelSpec, dataset: str, alphas: Sequen
                  limit: int | None = None, device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
                  allow_tokenizer_mismatch: bool = False, cache: bool = True,
                  data_dir: str | os.PathLike | None = None, source: str | None = None, backend: str = "hf",
-                 progress: bool = True) -> dict[float, PairedSelection]:
+                 progress: bool = True, device_map: str | None = None,
+                 max_memory: str | None = None) -> dict[float, PairedSelection]:
     """The pair's attribution inputs per α (SPEC §4), with a report of every count.
 
     ``limit`` keeps the first problems of the dataset; ``source``/``data_dir`` choose where the
@@ -110,7 +112,8 @@ def prepare_pair(base: ModelSpec, tuned: ModelSpec, dataset: str, alphas: Sequen
     graded: list[list[ModelAnswer]] = []
     for spec, tok in zip((base, tuned), tokenizers):
         run = generate(spec, problems, dataset=dataset, tokenizer=tok, batch_size=batch_size, device=device,
-                       dtype=dtype, backend=backend, cache=cache, progress=progress)
+                       dtype=dtype, backend=backend, cache=cache, progress=progress, device_map=device_map,
+                       max_memory=max_memory)
         answers = grade_run(run, problems, marker=get_template(spec.template).marker)
         log.info("%s on %s: %d/%d correct (%d newly generated, %d cached)", spec.label, dataset,
                  sum(a.correct for a in answers), len(answers), run.n_generated, run.n_cached)

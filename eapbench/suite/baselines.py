@@ -18,14 +18,17 @@ import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..cache import atomic_write_text
+from . import locations as _locations
 
-ROOT = Path(__file__).resolve().parents[2]
-BASELINE_DIR = ROOT / "baselines"
+# Defaults: the checkout around the current directory, else the one the package is imported from
+# (eapbench.suite.locations); `pytest suites/` sets its own checkout with use_checkout().
+BASELINE_DIR = _locations.baselines_dir()
+ROOT = BASELINE_DIR.parent
 TOLERANCES_FILE = BASELINE_DIR / "tolerances.yaml"
-PAPER_REFERENCE_FILE = BASELINE_DIR / "paper_reference.yaml"
+PAPER_REFERENCE_FILE = _locations.hand_written("paper_reference.yaml")
 SCHEMA = 1
 VALUE_FIELDS = ("base", "tuned", "rel_change", "ci_low", "ci_high")
 # Configuration that must match for a comparison to mean anything.
@@ -37,23 +40,74 @@ class BaselineError(ValueError):
     """A baseline file that cannot be used (corrupt, wrong schema, wrong pair)."""
 
 
+class BorderlineWarning(UserWarning):
+    """A baseline check that passed with an interval endpoint on (or across) a decision boundary."""
+
+
+VALUE_SCALE = ("base", "tuned")  # metric values: relative tolerance
+CHANGE_SCALE = ("rel_change", "ci_low", "ci_high")  # dimensionless changes: absolute, in units of the change
+TOLERANCE_FIELDS = ("counts_rtol", "value_rtol", "value_atol", "change_atol", "histogram_value_rtol",
+                    "histogram_change_atol")
+
+
 @dataclass(frozen=True)
 class Tolerance:
-    rtol: float
-    atol: float
+    """How far a re-measured number may drift from its stored baseline, each on its own scale (SPEC §6b).
+
+    Counts: ``counts_rtol`` (0 = exact). Metric values (base, tuned): ``value_rtol`` relative (plus a
+    tiny ``value_atol``). Relative changes and interval bounds: ``change_atol`` absolute, in units of the
+    change (0.001 = 0.1 percentage point), never relative to a stored value that may sit near 0.
+    Histogram metrics (information complexity), discontinuous in the scores: their own
+    ``histogram_value_rtol`` and ``histogram_change_atol``.
+    """
+
     counts_rtol: float = 0.0
+    value_rtol: float = 1e-4
+    value_atol: float = 1e-9
+    change_atol: float = 5e-4
+    histogram_value_rtol: float = 2e-3
+    histogram_change_atol: float = 3e-3
+    histogram_metrics: tuple[str, ...] = ("complexity",)
     key: str = "default"
 
-    def allows(self, measured: float, stored: float) -> bool:
+    def bound(self, metric: str, field: str, stored: float) -> float:
+        """The largest allowed |measured - stored| for ``metric.field``."""
+        hist = metric in self.histogram_metrics
+        if field in CHANGE_SCALE:
+            return self.histogram_change_atol if hist else self.change_atol
+        if field in VALUE_SCALE:
+            return self.value_atol + (self.histogram_value_rtol if hist else self.value_rtol) * abs(stored)
+        raise ValueError(f"no tolerance scale for field {field!r}; use one of {VALUE_SCALE + CHANGE_SCALE}")
+
+    def allows(self, metric: str, field: str, measured: float, stored: float) -> bool:
         if isinstance(stored, float) and math.isnan(stored):
             return isinstance(measured, float) and math.isnan(measured)
-        return abs(measured - stored) <= self.atol + self.rtol * abs(stored)
+        return abs(measured - stored) <= self.bound(metric, field, stored)
 
     def allows_count(self, measured: int, stored: int) -> bool:
         return abs(measured - stored) <= math.floor(self.counts_rtol * abs(stored))
 
-    def describe(self) -> str:
-        return f"rtol={self.rtol:g}, atol={self.atol:g} ({self.key})"
+    def describe(self, metric: str, field: str) -> str:
+        hist = metric in self.histogram_metrics
+        if field in CHANGE_SCALE:
+            atol = self.histogram_change_atol if hist else self.change_atol
+            return f"±{atol:g} absolute{' (histogram metric)' if hist else ''}, {self.key}"
+        rtol = self.histogram_value_rtol if hist else self.value_rtol
+        return f"rtol={rtol:g}{' (histogram metric)' if hist else ''}, {self.key}"
+
+
+def use_checkout(baselines: str | Path) -> Path:
+    """Make ``baselines`` (a checkout's ``baselines/`` folder) this process's default for baseline paths,
+    tolerances, the paper's reference values and the git commit recorded in provenance.
+
+    ``suites/conftest.py`` calls it with the folder beside ``suites/``, so the suite uses its own
+    checkout's files whether the package is installed in place or into site-packages."""
+    global ROOT, BASELINE_DIR, TOLERANCES_FILE, PAPER_REFERENCE_FILE
+    BASELINE_DIR = Path(baselines).resolve()
+    ROOT = BASELINE_DIR.parent
+    TOLERANCES_FILE = BASELINE_DIR / "tolerances.yaml"
+    PAPER_REFERENCE_FILE = _locations.hand_written("paper_reference.yaml", BASELINE_DIR)
+    return BASELINE_DIR
 
 
 def alpha_tag(alpha: float) -> str:
@@ -82,7 +136,7 @@ def load_tolerance(device: str, dtype: str, path: str | Path | None = None) -> T
     except FileNotFoundError:
         raise FileNotFoundError(f"tolerance file {p} is missing; it is hand-written and versioned "
                                 "(git checkout baselines/tolerances.yaml)") from None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise BaselineError(f"tolerance file {p} is not valid YAML: {exc}") from exc
     key = f"{device_kind(device)}-{dtype}"
     entry = data.get(key) if isinstance(data, dict) else None
@@ -90,10 +144,14 @@ def load_tolerance(device: str, dtype: str, path: str | Path | None = None) -> T
         if not isinstance(data, dict) or "default" not in data:
             raise BaselineError(f"tolerance file {p} has no entry {key!r} and no 'default'")
         entry, key = data["default"], "default"
+    if not isinstance(entry, dict) or set(TOLERANCE_FIELDS) - set(entry):
+        raise BaselineError(f"tolerance file {p}: entry {key!r} needs numeric {', '.join(TOLERANCE_FIELDS)}")
     try:
-        return Tolerance(float(entry["rtol"]), float(entry["atol"]), float(entry.get("counts_rtol", 0.0)), key)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BaselineError(f"tolerance file {p}: entry {key!r} needs numeric rtol and atol ({exc})") from exc
+        hist = tuple(str(m) for m in data.get("histogram_metrics", ("complexity",)))
+        return Tolerance(**{f: float(entry[f]) for f in TOLERANCE_FIELDS}, histogram_metrics=hist, key=key)
+    except (TypeError, ValueError) as exc:
+        raise BaselineError(f"tolerance file {p}: entry {key!r} needs numeric {', '.join(TOLERANCE_FIELDS)} "
+                            f"({exc})") from exc
 
 
 @functools.lru_cache(maxsize=None)
@@ -130,7 +188,7 @@ def provenance(device: str, dtype: str, **extra: Any) -> dict[str, Any]:
     import torch
 
     return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": git_commit(), "versions": library_versions(),
+            "git_commit": git_commit(ROOT), "versions": library_versions(),
             "machine": platform.machine(), "platform": platform.platform(terse=True),
             "torch_threads": torch.get_num_threads(), "device": device, "dtype": dtype, **extra}
 
@@ -191,7 +249,7 @@ def compare(stored: Mapping[str, Any], measured: Mapping[str, Any], tol: Toleran
             *, where: str = "") -> list[str]:
     """Every disagreement between a stored and a measured record, one readable line each.
 
-    Each line names the value, the measured number, the stored number and the tolerance.
+    Each line names the value, the measured number, the stored number and the tolerance on its scale.
     """
     at = f" [{where}]" if where else ""
     problems: list[str] = []
@@ -210,10 +268,55 @@ def compare(stored: Mapping[str, Any], measured: Mapping[str, Any], tol: Toleran
         if int(m["n"]) != int(s["n"]):
             problems.append(f"{metric}.n = {m['n']} differs from stored {s['n']} (must match exactly){at}")
         for f in VALUE_FIELDS:
-            if not tol.allows(float(m[f]), float(s[f])):
+            if not tol.allows(metric, f, float(m[f]), float(s[f])):
                 problems.append(f"{metric}.{f} = {float(m[f]):.6g} differs from stored {float(s[f]):.6g} "
-                                f"by {abs(float(m[f]) - float(s[f])):.3g} (tolerance {tol.describe()}){at}")
+                                f"by {abs(float(m[f]) - float(s[f])):.3g} (tolerance {tol.describe(metric, f)}){at}")
     return problems
+
+
+def interval_side(result: Mapping[str, Any], boundary: float = 0.0) -> str:
+    """Where a stored or measured interval lies against a decision boundary: above, below or across."""
+    if float(result["ci_low"]) > boundary:
+        return "above"
+    if float(result["ci_high"]) < boundary:
+        return "below"
+    return "across"
+
+
+def _boundaries(boundaries: Mapping[str, Sequence[float]] | None, metric: str) -> Sequence[float]:
+    return (0.0,) if boundaries is None else boundaries.get(metric, (0.0,))
+
+
+def verdict_changes(stored: Mapping[str, Any], measured: Mapping[str, Any],
+                    boundaries: Mapping[str, Sequence[float]] | None = None) -> list[str]:
+    """Each metric whose interval changed side of one of its decision boundaries (metric -> boundaries,
+    default 0): a verdict may have changed."""
+    out = []
+    for metric, s in stored["metrics"].items():
+        m = measured["metrics"].get(metric)
+        if m is None:
+            continue
+        for b in _boundaries(boundaries, metric):
+            before, after = interval_side(s, b), interval_side(m, b)
+            if before != after:
+                out.append(f"{metric}: interval [{float(m['ci_low']):+.4f}, {float(m['ci_high']):+.4f}] lies "
+                           f"{after} {b:+g}, stored [{float(s['ci_low']):+.4f}, {float(s['ci_high']):+.4f}] "
+                           f"lay {before} it: the verdict may differ from the stored run's")
+    return out
+
+
+def borderline(record: Mapping[str, Any], tol: Tolerance,
+               boundaries: Mapping[str, Sequence[float]] | None = None) -> list[str]:
+    """Interval endpoints within tolerance of a decision boundary: a verdict that another machine
+    of the same kind may flip. Said, never silently passed."""
+    out = []
+    for metric, r in record["metrics"].items():
+        for f in ("ci_low", "ci_high"):
+            for b in _boundaries(boundaries, metric):
+                if abs(float(r[f]) - b) <= tol.bound(metric, f, float(r[f])):
+                    out.append(f"{metric}.{f} = {float(r[f]):+.5f} is within tolerance "
+                               f"({tol.describe(metric, f)}) of the decision boundary {b:+g}: borderline verdict")
+    return out
 
 
 def paper_reference(path: str | Path | None = None) -> dict[str, Any]:

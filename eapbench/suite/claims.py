@@ -15,7 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-EXPECTATIONS_FILE = Path(__file__).resolve().parents[2] / "baselines" / "expectations.yaml"
+from . import locations as _locations
+
+# The checkout's baselines/expectations.yaml, else the copy shipped in the package (eapbench.suite.locations);
+# the suite passes its own checkout's file to load_claims().
+EXPECTATIONS_FILE = _locations.hand_written("expectations.yaml")
 KINDS = ("increase", "decrease", "no_increase", "unchanged", "none", "exception")
 STATUSES = ("pass", "fail", "inconclusive", "not_judged")
 
@@ -66,6 +70,14 @@ class ClaimSet:
     @property
     def metrics(self) -> tuple[str, ...]:
         return tuple(c.metric for c in self.claims if c.metric)
+
+    def decision_boundaries(self) -> dict[str, tuple[float, ...]]:
+        """Metric -> the relative changes where some verdict on it switches (0, ±min_effect, ±band)."""
+        out: dict[str, set[float]] = {}
+        for c in self.claims:
+            if c.metric:
+                out.setdefault(c.metric, set()).update({0.0, self.min_effect, -self.min_effect, c.band, -c.band})
+        return {m: tuple(sorted(b)) for m, b in out.items()}
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,13 @@ bootstraps every claim metric (:func:`eapbench.analysis.stats.paired_bootstrap`)
 from __future__ import annotations
 
 import logging
+import shutil
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from .measurement import Measurement, RunConfig, counts_of, plain
-from .pairs import PairSpec
+from .pairs import PairSpec, model_provenance
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,8 @@ def _measure(pair: PairSpec, dataset: str, alphas: Sequence[float], cfg: RunConf
             r.base, r.tuned, dataset, list(alphas), n_samples=cfg.n_samples, seed=cfg.seed,
             beta=cfg.beta, gamma=cfg.gamma, delta=cfg.delta, limit=cfg.limit_for(pair), device=cfg.device,
             dtype=dtype, batch_size=cfg.gen_batch_for(pair), allow_tokenizer_mismatch=pair.allow_tokenizer_mismatch,
-            cache=True, data_dir=cfg.data_dir, progress=cfg.progress)
+            cache=True, data_dir=cfg.data_dir, progress=cfg.progress, device_map=cfg.device_map,
+            max_memory=cfg.max_memory)
     except EmptySelectionError as exc:  # a real outcome (e.g. no problem both models solve): reported
         log.warning("%s on %s: %s", pair.id, dataset, exc)
         report = exc.report.to_dict()
@@ -72,10 +75,11 @@ def _measure(pair: PairSpec, dataset: str, alphas: Sequence[float], cfg: RunConf
 
     scores: dict[tuple[str, float], Any] = {}
     t_attr = {}
+    resume_dirs: list[Path] = []  # attribution batches saved as they finish: an interrupted run resumes
     for side, spec in (("base", r.base), ("tuned", r.tuned)):
         t1 = time.perf_counter()
         model, tok = load_model(spec.path, dtype=dtype, device=cfg.device, gguf_file=spec.gguf_file,
-                                revision=spec.revision)
+                                revision=spec.revision, device_map=cfg.device_map, max_memory=cfg.max_memory)
         graph = ResidualGraph.from_model(model, granularity=cfg.granularity)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         for a in alphas:
@@ -83,8 +87,11 @@ def _measure(pair: PairSpec, dataset: str, alphas: Sequence[float], cfg: RunConf
             if len(inputs) == 0:
                 scores[(side, a)] = None
                 continue
+            resume = resume_dir(spec, inputs, graph, dtype, cfg)
+            resume_dirs.append(resume)
             scores[(side, a)] = score_inputs(model, inputs, pad_token_id=pad, graph=graph,
-                                             batch_size=cfg.batch_size, progress=cfg.progress)
+                                             batch_size=cfg.batch_size, progress=cfg.progress,
+                                             resume_dir=resume, cache_key=resume.name)
         del model
         if cfg.device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -96,13 +103,58 @@ def _measure(pair: PairSpec, dataset: str, alphas: Sequence[float], cfg: RunConf
         metrics, figures, extra = bootstrap_metrics(scores[("base", a)], scores[("tuned", a)], cfg, metric_names)
         t_stats = time.perf_counter() - t2
         prov = provenance(cfg.device, dtype,
-                          models={s: {"path": m.path, "revision": m.revision, "name": m.name, "template": m.template}
-                                  for s, m in (("base", r.base), ("tuned", r.tuned))},
+                          models={s: model_provenance(m) for s, m in (("base", pair.base), ("tuned", pair.tuned))},
+                          placement={"device_map": cfg.device_map, "max_memory": cfg.max_memory},
                           seconds={"prepare_all_alphas": round(t_prepare, 2),
                                    "attribution_all_alphas": {k: round(v, 2) for k, v in t_attr.items()},
                                    "bootstrap": round(t_stats, 2)})
         out.append(measurement(a, selections[a].report.to_dict(), prov, metrics, figures, extra))
+    # Every score is in the measurements now (the caller stores them): the partial files go.
+    for folder in resume_dirs:
+        shutil.rmtree(folder, ignore_errors=True)
     return out
+
+
+def resume_dir(spec, inputs, graph, dtype: str, cfg: RunConfig) -> Path:
+    """Where one model's attribution batches on one set of inputs are saved while it runs:
+    ``$EAPBENCH_CACHE/attribution/<key>``, the key made of the model's fingerprint (the suite's
+    :func:`~eapbench.suite.store.model_fingerprint`: file hashes, or sizes and times for big
+    folders, or hub id and revision), the inputs (token ids, prompt lengths, t_cut), the graph
+    (granularity, node names), dtype, device and attribution batch size."""
+    from ..cache import cache_dir, stable_hash
+    from .store import model_fingerprint
+
+    prune_stale_resume_dirs()
+    key = stable_hash({"model": model_fingerprint(spec.path, spec.revision, spec.gguf_file),
+                       "input_ids": [list(r) for r in inputs.input_ids],
+                       "prompt_lengths": list(inputs.prompt_lengths), "t_cut": inputs.t_cut,
+                       "granularity": graph.granularity, "sources": list(graph.sources),
+                       "destinations": list(graph.destinations), "dtype": str(dtype), "device": cfg.device,
+                       "batch_size": cfg.batch_size}, 24)
+    return cache_dir("attribution", key)
+
+
+RESUME_MAX_AGE_DAYS = 30
+
+
+def prune_stale_resume_dirs(max_age_days: float = RESUME_MAX_AGE_DAYS) -> list[Path]:
+    """Delete the attribution resume folders of runs abandoned long ago (untouched for
+    ``max_age_days``): a resumed run touches its folder, a finished one deletes it."""
+    from ..cache import cache_dir
+
+    cutoff = time.time() - max_age_days * 86400
+    gone = []
+    for folder in cache_dir("attribution").iterdir():
+        try:
+            newest = max([folder.stat().st_mtime, *(f.stat().st_mtime for f in folder.iterdir())])
+        except OSError:
+            continue
+        if newest < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
+            gone.append(folder)
+    if gone:
+        log.info("deleted %d attribution resume folders untouched for %g days", len(gone), max_age_days)
+    return gone
 
 
 def bootstrap_metrics(base, tuned, cfg: RunConfig, metric_names: Sequence[str]) -> tuple[dict, dict, dict]:

@@ -35,6 +35,10 @@ class RunConfig:
     data_dir: str | None = None
     threads: int | None = 1  # torch CPU threads while measuring (None: leave torch's setting); recorded
     progress: bool = True
+    # Where the model's layers go (accelerate): placement only, scores equal the undispatched model's,
+    # so not part of a measurement's key; recorded in its provenance.
+    device_map: str | None = None
+    max_memory: str | None = None
 
     def dtype_for(self, pair: PairSpec) -> str:
         return self.dtype or pair.dtype
@@ -47,7 +51,8 @@ class RunConfig:
 
     def key_dict(self, pair: PairSpec) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("progress")
+        for placement_only in ("progress", "device_map", "max_memory"):
+            d.pop(placement_only)
         d.update(dtype=self.dtype_for(pair), limit=self.limit_for(pair), gen_batch_size=self.gen_batch_for(pair))
         return d
 

@@ -71,8 +71,8 @@ class PairSpec:
         """The same pair with ``zoo:`` references replaced by checkpoint folders."""
         return replace(self, base=resolve_model(self.base), tuned=resolve_model(self.tuned))
 
-    def availability(self, device: str = "cpu") -> str | None:
-        """``None`` if the pair can run on ``device`` here, else why not and how to run it."""
+    def missing(self, device: str = "cpu") -> list[str]:
+        """What running this pair on ``device`` needs that is not here (empty: nothing)."""
         missing = []
         if self.requires_gpu and not _cuda_ready(device):
             missing.append("a CUDA GPU" + ("" if device.startswith("cuda") else f" (this run: --device {device})"))
@@ -80,6 +80,11 @@ class PairSpec:
             reason = weights_missing(spec)
             if reason:
                 missing.append(reason)
+        return missing
+
+    def availability(self, device: str = "cpu") -> str | None:
+        """``None`` if the pair can run on ``device`` here, else why not and how to run it."""
+        missing = self.missing(device)
         if not missing:
             return None
         group = self.group if self.group in GROUPS else None
@@ -114,6 +119,23 @@ def resolve_model(spec: ModelSpec) -> ModelSpec:
     return replace(spec, path=str(path), name=spec.name or f"mini-{name}")
 
 
+def model_provenance(spec: ModelSpec) -> dict[str, Any]:
+    """How a baseline records a model: hub id or path, revision, name, template.
+
+    A mini-zoo model is recorded machine-independently as ``zoo:<name>`` with the sha256 of its
+    weights file (computed from the file, so it is what was measured, whatever the card says),
+    never as the storing machine's absolute checkpoint folder."""
+    out: dict[str, Any] = {"path": spec.path, "revision": spec.revision, "name": spec.name, "template": spec.template}
+    if spec.path.startswith(ZOO_PREFIX):
+        from ..cache import file_sha256
+
+        resolved = resolve_model(spec)
+        out["name"] = resolved.name
+        weights = Path(resolved.path) / "model.safetensors"
+        out["sha256"] = {"model.safetensors": file_sha256(weights)} if weights.is_file() else None
+    return out
+
+
 def weights_missing(spec: ModelSpec) -> str | None:
     """Why ``spec``'s weights are not on this machine (``None`` if they are)."""
     if spec.path.startswith(ZOO_PREFIX):
@@ -127,6 +149,8 @@ def weights_missing(spec: ModelSpec) -> str | None:
         return None
     local = Path(os.path.expanduser(spec.path))
     if local.exists():
+        if local.is_dir() and spec.gguf_file and not (local / spec.gguf_file).is_file():
+            return f"a GGUF file {local / spec.gguf_file} (no such file)"
         if local.is_dir() and not ((local / "config.json").is_file() or spec.gguf_file):
             return f"a model at {local} (folder has no config.json)"
         return None
@@ -228,7 +252,15 @@ def get_pair(pair_id: str) -> PairSpec:
 
 _PAIR_KEYS = {"name", "base", "tuned", "method", "template", "family", "max_new_tokens", "gen_batch_size", "limit",
               "datasets", "alphas", "dtype", "requires_gpu", "base_revision", "tuned_revision",
-              "allow_tokenizer_mismatch", "description"}
+              "base_gguf", "tuned_gguf", "allow_tokenizer_mismatch", "description"}
+
+
+def split_gguf(path: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """``(folder, gguf_file)`` for a model path: a path ending in ``.gguf`` names the file inside its folder."""
+    if gguf_file is None and str(path).lower().endswith(".gguf") and not path.startswith(ZOO_PREFIX):
+        p = Path(os.path.expanduser(str(path)))
+        return str(p.parent), p.name
+    return str(path), gguf_file
 
 
 def pair_from_mapping(d: Mapping[str, Any], *, where: str = "pair") -> PairSpec:
@@ -241,7 +273,24 @@ def pair_from_mapping(d: Mapping[str, Any], *, where: str = "pair") -> PairSpec:
         raise ValueError(f"{where}: missing {missing}; e.g. "
                          "name=my-pair,base=PATH_OR_ID,tuned=PATH_OR_ID,method=grpo[,template=...]")
     template = str(d.get("template") or "mini")
-    mnt = int(d.get("max_new_tokens") or 1024)
+
+    def convert(key: str, cast, x):
+        try:
+            if cast is int and isinstance(x, float) and not x.is_integer():
+                raise ValueError
+            return cast(x)
+        except (TypeError, ValueError):
+            kind = {int: "an integer", float: "a number"}.get(cast, cast.__name__)
+            raise ValueError(f"{where}: key {key!r}: {x!r} is not {kind}") from None
+
+    def number(key: str, cast, default, minimum=1):
+        v = d.get(key)
+        if v is None or v == "":
+            return default
+        n = convert(key, cast, v)
+        if n < minimum:
+            raise ValueError(f"{where}: key {key!r}: {v!r} must be >= {minimum}")
+        return n
 
     def seq(key: str, cast, default):
         v = d.get(key)
@@ -251,25 +300,34 @@ def pair_from_mapping(d: Mapping[str, Any], *, where: str = "pair") -> PairSpec:
             v = [x for x in re.split(r"[;|\s]+", v) if x]
         elif not isinstance(v, (list, tuple)):
             v = [v]
-        return tuple(cast(x) for x in v)
+        return tuple(convert(key, cast, x) for x in v)
+
+    mnt = number("max_new_tokens", int, 1024)
+    alphas = seq("alphas", float, (0.3,))
+    bad = [a for a in alphas if not 0 < a <= 1]
+    if bad:
+        raise ValueError(f"{where}: key 'alphas': {bad} out of range; an answer fraction alpha must be "
+                         "in (0, 1], e.g. 0.3")
 
     def flag(key: str) -> bool:
         v = d.get(key, False)
         return v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes")
 
-    base = str(d["base"])
-    tuned = str(d["tuned"])
+    base, base_gguf = split_gguf(str(d["base"]), d.get("base_gguf") or None)
+    tuned, tuned_gguf = split_gguf(str(d["tuned"]), d.get("tuned_gguf") or None)
     return PairSpec(
         id=str(d["name"]), method=str(d["method"]).lower(), family=str(d.get("family") or "user"),
         group="user",
-        base=ModelSpec(base, template, max_new_tokens=mnt, revision=d.get("base_revision"), name="base"),
-        tuned=ModelSpec(tuned, template, max_new_tokens=mnt, revision=d.get("tuned_revision"), name="tuned"),
+        base=ModelSpec(base, template, max_new_tokens=mnt, revision=d.get("base_revision"), gguf_file=base_gguf,
+                       name="base"),
+        tuned=ModelSpec(tuned, template, max_new_tokens=mnt, revision=d.get("tuned_revision"),
+                        gguf_file=tuned_gguf, name="tuned"),
         datasets=seq("datasets", str, ("synthetic",) if template == "mini" else ("gsm8k",)),
-        alphas=seq("alphas", float, (0.3,)),
+        alphas=alphas,
         dtype=str(d.get("dtype") or "float32"), requires_gpu=flag("requires_gpu"),
         allow_tokenizer_mismatch=flag("allow_tokenizer_mismatch"),
-        gen_batch_size=int(d.get("gen_batch_size") or 8),
-        limit=int(d["limit"]) if d.get("limit") not in (None, "") else None,
+        gen_batch_size=number("gen_batch_size", int, 8),
+        limit=number("limit", int, None),
         description=str(d.get("description") or f"user pair {base} -> {tuned}"))
 
 

@@ -139,9 +139,43 @@ def write_results_json(results: Sequence[Mapping[str, Any]], path: str | Path,
     return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def write_figure_data(results: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """The per-edge and per-node data behind Fig. 2 and Fig. 3b, by case id (kept out of results.json
+    for its size), so that ``eapbench report merge`` redraws every figure."""
+    data = {f"{r['pair']}-{r['dataset']}-a{float(r['alpha']):g}": r["figures"] for r in _sorted(results)
+            if r.get("figures")}
+    return atomic_write_text(path, json.dumps(data, default=str) + "\n")
+
+
+def read_report(outdir: str | Path) -> dict[str, Any]:
+    """A report folder's ``results.json`` with each result's figure data put back (``figure_data.json``)."""
+    folder = Path(outdir)
+    try:
+        payload = json.loads((folder / "results.json").read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{folder} holds no results.json: not an eapbench report folder") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{folder / 'results.json'} is not valid JSON ({exc}); rerun the suite for that report") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("results"), list):
+        raise ValueError(f"{folder / 'results.json'} has no 'results' list: not an eapbench report")
+    fig_path = folder / "figure_data.json"
+    figs = {}
+    if fig_path.is_file():
+        try:
+            figs = json.loads(fig_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            log.warning("ignoring unreadable %s (%s): Fig. 2 and Fig. 3b of its cases are not redrawn", fig_path, exc)
+    for r in payload["results"]:
+        cid = f"{r['pair']}-{r['dataset']}-a{float(r['alpha']):g}"
+        if cid in figs:
+            r["figures"] = figs[cid]
+    return payload
+
+
 def figures(results: Sequence[Mapping[str, Any]], outdir: str | Path) -> list[Path]:
-    """Fig. 2 (relative edge-strength change heatmaps), Fig. 3a (diversity base vs tuned),
-    Fig. 3b (output-edge entropy per source node), from measured values only."""
+    """Fig. 2 (relative edge-strength change heatmaps), Fig. 3b (output-edge entropy per source node),
+    Fig. 3a (diversity base vs tuned, with intervals) and the forest plot of every verdict
+    (:mod:`eapbench.suite.forest`), from measured values only."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,21 +219,21 @@ def figures(results: Sequence[Mapping[str, Any]], outdir: str | Path) -> list[Pa
         paths.append(_save(fig, out / f"fig3b-output-entropy-{tag}.png"))
         plt.close(fig)
 
-    div = [r for r in _sorted(results) if "diversity" in r["metrics"]]
-    if div:
-        fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(div) + 2), 4))
-        x = np.arange(len(div))
-        b = [r["metrics"]["diversity"]["base"] for r in div]
-        t = [r["metrics"]["diversity"]["tuned"] for r in div]
-        ax.bar(x - 0.2, b, 0.4, label="base")
-        ax.bar(x + 0.2, t, 0.4, label="tuned")
-        ax.set_xticks(x, [f"{r['pair']}\n{r['dataset']} a{float(r['alpha']):g}" for r in div], fontsize=6)
-        ax.set_ylabel("inter-sample diversity 1 - mean corr")
-        ax.set_title("Inter-sample diversity, base vs tuned (paper Fig. 3a)", fontsize=9)
-        ax.legend(loc="lower right", framealpha=0.9)
-        fig.tight_layout()
-        paths.append(_save(fig, out / "fig3a-diversity.png"))
-        plt.close(fig)
+    from .forest import diversity_plot, forest_plot
+
+    fig3a = diversity_plot(results, out / "fig3a-diversity.png")
+    if fig3a is not None:
+        paths.append(fig3a)
+    try:
+        from .claims import load_claims
+
+        claims = load_claims()
+    except (FileNotFoundError, ValueError) as exc:  # titles and bands only: the plot does without them
+        log.warning("claim expectations unavailable for the forest plot: %s", exc)
+        claims = None
+    forest = forest_plot(results, out / "forest.png", claims)
+    if forest is not None:
+        paths.append(forest)
     return paths
 
 
@@ -208,24 +242,82 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+# What write_report owns in a report folder: these names, and figures named by these patterns.
+# Anything else in the folder (a user's notes, other tools' files) is never touched.
+OWNED_FILES = ("results.json", "table1.md", "figure_data.json")
+OWNED_FIGURES = ("fig2-edge-change-*.png", "fig3a-diversity.png", "fig3b-output-entropy-*.png", "forest.png")
+
+
+def owned_files(outdir: str | Path) -> list[Path]:
+    """The files in ``outdir`` that a report writer made (:data:`OWNED_FILES`, :data:`OWNED_FIGURES`)."""
+    out = Path(outdir)
+    found = {out / n for n in OWNED_FILES if (out / n).is_file()}
+    for pattern in OWNED_FIGURES:
+        found.update(p for p in out.glob(pattern) if p.is_file())
+    return sorted(found)
+
+
+def completeness(results: Sequence[Mapping[str, Any]], expected: Sequence[str] | None,
+                 reason: str | None = None) -> dict[str, Any]:
+    """``complete`` / ``missing_cases`` of a report: a report is complete when every expected case
+    (``<pair>-<dataset>-a<alpha>``) has a measurement; without ``expected``, the measured cases are it."""
+    have = {f"{r['pair']}-{r['dataset']}-a{float(r['alpha']):g}" for r in results}
+    expected = list(expected) if expected is not None else sorted(have)
+    missing = [c for c in expected if c not in have]
+    out: dict[str, Any] = {"complete": not missing, "expected_cases": expected, "missing_cases": missing}
+    if missing and reason:
+        out["partial_reason"] = reason
+    return out
+
+
+def partial_line(status: Mapping[str, Any]) -> str | None:
+    """One line saying a report is partial (which cases are missing and why), or None if complete."""
+    if status.get("complete", True):
+        return None
+    missing, expected = status["missing_cases"], status["expected_cases"]
+    why = f" ({status['partial_reason']})" if status.get("partial_reason") else ""
+    return (f"PARTIAL: {len(missing)} of {len(expected)} cases not measured{why}: " + ", ".join(missing))
+
+
 def write_report(results: Sequence[Mapping[str, Any]], outdir: str | Path, *,
                  skipped: Mapping[str, str] | None = None, extra: Mapping[str, Any] | None = None,
-                 with_figures: bool = True) -> dict[str, Any]:
-    """Write ``results.json``, ``table1.md`` and the figures into ``outdir``; return their paths."""
+                 with_figures: bool = True, expected: Sequence[str] | None = None,
+                 partial_reason: str | None = None) -> dict[str, Any]:
+    """Write ``results.json``, ``table1.md`` and the figures into ``outdir``; return their paths.
+
+    ``expected`` lists the case ids the run was meant to measure: when some have no result the
+    report is marked partial (``"complete": false`` and ``missing_cases`` in results.json, a
+    ``**PARTIAL**`` first line in table1.md, ``partial_reason`` saying why if given). Files a
+    previous report left in ``outdir`` (:func:`owned_files`) that this one does not rewrite are
+    removed; other files in the folder are left alone.
+    """
     from .baselines import paper_reference
 
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
+    earlier = owned_files(out)
     try:
         reference = paper_reference()
     except (FileNotFoundError, ValueError) as exc:
         log.warning("paper reference values unavailable: %s", exc)
         reference = None
+    status = completeness(results, expected, partial_reason)
     md = markdown_table(results, reference)
+    partial = partial_line(status)
+    if partial:
+        md = f"**{partial}**\n\n" + md
     if skipped:
         md += "\n## Skipped pairs\n\n" + "\n".join(f"- `{p}`: {why}" for p, why in skipped.items()) + "\n"
-    paths = {"json": write_results_json(results, out / "results.json", {"skipped": dict(skipped or {}), **(extra or {})}),
+    paths = {"json": write_results_json(results, out / "results.json",
+                                        {"skipped": dict(skipped or {}), **status, **(extra or {})}),
              "markdown": atomic_write_text(out / "table1.md", md + "\n"),
+             "figure_data": write_figure_data(results, out / "figure_data.json"),
              "figures": figures(results, out) if with_figures else []}
+    written = {Path(paths["json"]), Path(paths["markdown"]), Path(paths["figure_data"]), *map(Path, paths["figures"])}
+    for stale in earlier:
+        if stale not in written:
+            stale.unlink(missing_ok=True)
+            log.info("removed %s, left by an earlier report", stale)
+    paths.update(status)
     log.info("report written to %s", out)
     return paths

@@ -18,7 +18,11 @@ from .pairs import PairSpec
 from .store import MeasurementStore
 from .verdicts import verdict_for
 
-__all__ = ["Measurement", "RunConfig", "Runner", "case_id"]
+__all__ = ["Measurement", "NotMeasured", "RunConfig", "Runner", "case_id"]
+
+
+class NotMeasured(Exception):
+    """A verdict asked not to measure needs a case that has no measurement."""
 
 
 class Runner:
@@ -60,25 +64,41 @@ class Runner:
         found = self.store.get(pair, dataset, alpha)
         if found is not None:
             return found
-        alphas = list(self.alphas_for(pair))
-        if float(alpha) not in alphas:
-            alphas.append(float(alpha))
-        todo = [a for a in alphas if a == float(alpha) or self.store.get(pair, dataset, a) is None]
-        try:
-            for m in measure_pair(pair, dataset, todo, self.config, method_class=self.method_class(pair),
-                                  metric_names=self.claims.metrics):
-                self.store.put(pair, m)
-        except Exception as exc:  # remembered so that the other tests of this case fail fast
-            for a in todo:
-                self._errors[case_id(pair.id, dataset, a)] = exc
-            raise
-        return self.store.get(pair, dataset, alpha)
+        with self.store.lock(pair, dataset):  # another process (xdist worker) may be measuring it
+            found = self.store.get(pair, dataset, alpha)
+            if found is not None:
+                return found
+            alphas = list(self.alphas_for(pair))
+            if float(alpha) not in alphas:
+                alphas.append(float(alpha))
+            todo = [a for a in alphas if a == float(alpha) or self.store.get(pair, dataset, a) is None]
+            try:
+                for m in measure_pair(pair, dataset, todo, self.config, method_class=self.method_class(pair),
+                                      metric_names=self.claims.metrics):
+                    self.store.put(pair, m)
+            except Exception as exc:  # remembered so that the other tests of this case fail fast
+                for a in todo:
+                    self._errors[case_id(pair.id, dataset, a)] = exc
+                raise
+            return self.store.get(pair, dataset, alpha)
 
     # --- verdicts ----------------------------------------------------------------------------
-    def verdict(self, pair: PairSpec | str, dataset: str, alpha: float, claim_id: str) -> ClaimVerdict:
-        """The verdict of one claim on one case (C6 measures the online pairs of this session too)."""
+    def _get(self, pair: PairSpec, dataset: str, alpha: float, measure: bool) -> Measurement:
+        if measure:
+            return self.measure(pair, dataset, alpha)
+        found = self.store.get(pair, dataset, alpha)
+        if found is None:
+            raise NotMeasured(f"{case_id(pair.id, dataset, alpha)} was not measured in this session")
+        return found
+
+    def verdict(self, pair: PairSpec | str, dataset: str, alpha: float, claim_id: str, *,
+                measure: bool = True) -> ClaimVerdict:
+        """The verdict of one claim on one case (C6 measures the online pairs of this session too).
+
+        With ``measure=False`` nothing new is measured: a case (or, for C6, an online pair) that has
+        no measurement yet raises :class:`NotMeasured`."""
         pair = self.pairs[pair] if isinstance(pair, str) else pair
-        m = self.measure(pair, dataset, alpha)
+        m = self._get(pair, dataset, alpha, measure)
         cls = self.method_class(pair)
         online = {}
         if self.claims.get(claim_id).expectation(cls) == "exception":
@@ -87,7 +107,7 @@ class Runner:
                     continue
                 if (dataset, float(alpha)) not in [(d, float(a)) for d, a in self.cases(other)]:
                     continue
-                om = self.measure(other, dataset, alpha)
+                om = self._get(other, dataset, alpha, measure)
                 if "intensity" in om.metrics:
                     online[other.id] = om.metrics
         return verdict_for(self.claims, claim_id, cls, m, online)
@@ -97,17 +117,42 @@ class Runner:
         cls = self.method_class(pair)
         return {c.id: self.verdict(pair, dataset, alpha, c.id) for c in self.claims if c.expectation(cls)}
 
+    def expected_cases(self) -> list[str]:
+        """Every case id of this session's plan: each pair × its datasets × its α."""
+        return [case_id(p.id, d, a) for p in self.pairs.values() for d, a in self.cases(p)]
+
+    def errors(self) -> dict[str, str]:
+        """Case id -> the error that stopped its measurement, for reports."""
+        return {cid: f"{type(e).__name__}: {e}" for cid, e in self._errors.items()}
+
     def measured(self) -> list[Measurement]:
         return self.store.all()
 
-    def results(self) -> list[dict[str, Any]]:
-        """Every measurement made this session with its verdicts, for reports."""
+    def results(self, *, measure: bool = True) -> list[dict[str, Any]]:
+        """Every measurement made this session with its verdicts, for reports.
+
+        With ``measure=False`` (a suite's end, possibly interrupted) nothing new is measured: a C6
+        verdict whose online pairs were not measured is left out, named in ``verdicts_unavailable``."""
         out = []
         for m in sorted(self.store.all(), key=lambda m: m.id):
             d = m.to_dict()
+            pair = self.pairs.get(m.pair)
             try:
-                d["verdicts"] = {k: {**v.to_dict(), "known_deviation": self.claims.deviation(m.pair, k)}
-                                 for k, v in self.verdicts(m.pair, m.dataset, m.alpha).items()}
+                if pair is None:  # a measurement of a pair outside this runner: no verdicts
+                    raise KeyError(f"pair {m.pair!r} is not in this session")
+                cls = self.method_class(pair)
+                d["verdicts"], missing = {}, {}
+                for c in self.claims:
+                    if not c.expectation(cls):
+                        continue
+                    try:
+                        v = self.verdict(pair, m.dataset, m.alpha, c.id, measure=measure)
+                    except NotMeasured as exc:
+                        missing[c.id] = str(exc)
+                        continue
+                    d["verdicts"][c.id] = {**v.to_dict(), "known_deviation": self.claims.deviation(m.pair, c.id)}
+                if missing:
+                    d["verdicts_unavailable"] = missing
             except Exception as exc:  # a failing comparator must not hide the rest of the report
                 d["verdicts"] = {}
                 d["verdict_error"] = f"{type(exc).__name__}: {exc}"

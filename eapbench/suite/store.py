@@ -7,14 +7,14 @@ report and the baseline checks reuse it, and a change to any of those recomputes
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from ..cache import atomic_write_text, cache_dir, file_sha256, stable_hash
+from ..cache import atomic_write_text, cache_dir, drop_corrupt, file_sha256, read_json_entry, stable_hash
 from .measurement import Measurement, RunConfig, case_id
 from .pairs import PairSpec
 
@@ -78,16 +78,39 @@ class MeasurementStore:
         if not self.use_disk:
             return None
         path = self.path(pair, dataset, alpha)
-        if not path.is_file():
+        data = read_json_entry(path, "cached measurement")  # garbage: named in a warning, deleted
+        if data is None:
             return None
         try:
-            m = Measurement.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError) as exc:
-            log.warning("ignoring unreadable cached measurement %s: %s", path, exc)
+            m = Measurement.from_dict(data)
+        except (TypeError, KeyError, ValueError) as exc:  # valid JSON, not a measurement
+            drop_corrupt(path, "cached measurement", exc)
             return None
         log.info("measurement %s loaded from %s", cid, path)
         self._memo[cid] = m
         return m
+
+    @contextlib.contextmanager
+    def lock(self, pair: PairSpec, dataset: str) -> Iterator[None]:
+        """Hold an exclusive lock on measuring ``pair`` on ``dataset`` with this cache folder, across
+        processes (pytest-xdist workers): a second process waits, then finds the first's measurement
+        on disk. No-op without the disk cache or where ``fcntl`` is missing."""
+        if not self.use_disk:
+            yield
+            return
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no cross-process lock
+            yield
+            return
+        folder = self.path(pair, dataset, 0.0).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f".{dataset}.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def put(self, pair: PairSpec, m: Measurement) -> None:
         self._memo[m.id] = m

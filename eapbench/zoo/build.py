@@ -1,8 +1,9 @@
 """Rebuild the whole mini zoo from nothing: data, tokenizer, sft, then grpo / grpo-t0.6 / ppo / dpo.
 
 ``python -m eapbench.zoo`` (wired as ``eapbench zoo train``) runs :func:`main`. Every run
-is deterministic for its recipe and thread count: fixed seeds, explicit generators, a
-fixed ``torch.set_num_threads`` per process. With ``--jobs 2`` the four post-training
+is deterministic for its recipe and thread count on one machine (byte-identical weights): fixed
+seeds, explicit generators, a fixed ``torch.set_num_threads`` per process. Another CPU rounds
+floats differently, so its weight files differ while held-out accuracies and paired counts match. With ``--jobs 2`` the four post-training
 runs go two at a time in separate single-threaded processes; each child depends only on
 the stored ``sft`` checkpoint and its own seed, so the result is identical to ``--jobs 1``.
 """

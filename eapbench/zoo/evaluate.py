@@ -1,7 +1,8 @@
 """Held-out accuracy of a zoo's post-trained children against their parent, paired per problem.
 
-``eapbench zoo eval [--out DIR]`` (or ``python -m eapbench.zoo.evaluate``) decodes the held-out
-problems greedily with every checkpoint in ``DIR`` and, for each child, counts the problems it
+``eapbench zoo eval [--out DIR] [--problems N]`` (or ``python -m eapbench.zoo.evaluate``) decodes the
+held-out problems greedily with every checkpoint in ``DIR`` (the children that are there; the parent
+``sft`` must be) and, for each child, counts the problems it
 gained and lost against ``sft`` with an exact McNemar test (two-sided binomial test on the
 discordant problems): the evidence behind "online RL beats its SFT parent".
 """
@@ -50,36 +51,78 @@ def paired(child: str, child_correct: torch.Tensor, parent_correct: torch.Tensor
                           mcnemar_exact(gained, lost), int(c.numel()))
 
 
-def compare_to_parent(out_dir: str | Path, recipe=None, names: tuple[str, ...] | None = None) -> list[PairedAccuracy]:
-    """Paired greedy held-out comparison of each child in ``out_dir`` with ``out_dir/sft``."""
+class ZooEvalError(FileNotFoundError):
+    """The zoo folder cannot be evaluated (no parent, or no child beside it): a one-line reason."""
+
+
+def present_children(out_dir: str | Path) -> tuple[str, ...]:
+    """The children of the zoo (``NAMES`` order) whose weights are in ``out_dir``."""
+    from .model import WEIGHTS_FILE
+
+    return tuple(n for n in NAMES if n != PARENT and (Path(out_dir) / n / WEIGHTS_FILE).is_file())
+
+
+def compare_to_parent(out_dir: str | Path, recipe=None, names: tuple[str, ...] | None = None,
+                      n_problems: int | None = None) -> list[PairedAccuracy]:
+    """Paired greedy held-out comparison of each child in ``out_dir`` with ``out_dir/sft``.
+
+    ``names`` defaults to the children present in ``out_dir``; ``n_problems`` evaluates only the
+    first that many held-out problems (default: the recipe's ``heldout_size``). A missing parent,
+    or no child to compare, is a :class:`ZooEvalError`.
+    """
     from .build import ZooRecipe, problem_sets
-    from .model import load_checkpoint
+    from .model import WEIGHTS_FILE, load_checkpoint
     from .task import correct, grader
 
+    out_dir = Path(out_dir)
+    if not (out_dir / PARENT / WEIGHTS_FILE).is_file():
+        raise ZooEvalError(f"{out_dir / PARENT} holds no {WEIGHTS_FILE}: the parent ({PARENT}) is needed to "
+                           f"compare its children (build it with `python -m eapbench.zoo --out {out_dir}`)")
+    names = tuple(names) if names is not None else present_children(out_dir)
+    if not names:
+        raise ZooEvalError(f"{out_dir} holds no child checkpoint ({', '.join(n for n in NAMES if n != PARENT)}) "
+                           "to compare with its parent")
     recipe = recipe or ZooRecipe()
     heldout = problem_sets(recipe)[2]
+    if n_problems is not None:
+        if n_problems < 1:
+            raise ValueError(f"n_problems must be >= 1, got {n_problems}")
+        heldout = heldout[:n_problems]
     grade, _ = grader()
-    out_dir = Path(out_dir)
 
     def run(name: str) -> torch.Tensor:
         model, tok = load_checkpoint(out_dir / name)
         return correct(model, tok, heldout, grade)
 
     parent = run(PARENT)
-    return [paired(n, run(n), parent) for n in (names or tuple(n for n in NAMES if n != PARENT))]
+    return [paired(n, run(n), parent) for n in names]
 
 
 def main(argv: list[str] | None = None) -> int:
+    import sys
+
     from . import default_checkpoint_dir
 
     ap = argparse.ArgumentParser(prog="eapbench zoo eval",
                                  description="Greedy held-out accuracy of each zoo child vs sft, paired per problem.")
     ap.add_argument("--out", type=Path, default=default_checkpoint_dir(),
-                    help="zoo folder (default: the package's shipped checkpoints)")
+                    help="zoo folder (default: the package's shipped checkpoints); the children found there "
+                         "are compared with its sft")
+    ap.add_argument("--problems", type=int, default=None, metavar="N",
+                    help="only the first N held-out problems (default: all 500 of the recipe)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of lines")
     args = ap.parse_args(argv)
+    if args.problems is not None and args.problems < 1:
+        ap.error(f"--problems must be >= 1, got {args.problems}")
     torch.set_num_threads(1)  # the cards' accuracies were measured on one thread
-    rows = compare_to_parent(args.out)
+    missing = [n for n in NAMES if n != PARENT and n not in present_children(args.out)]
+    try:
+        rows = compare_to_parent(args.out, n_problems=args.problems)
+    except ZooEvalError as exc:
+        print(f"eapbench zoo eval: {exc}", file=sys.stderr)
+        return 2
+    if missing:
+        print(f"eapbench zoo eval: not in {args.out} (not evaluated): {', '.join(missing)}", file=sys.stderr)
     if args.json:
         import json
 

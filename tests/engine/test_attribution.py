@@ -110,6 +110,32 @@ def test_score_inputs_resumes_finished_batches(tmp_path, monkeypatch):
     assert len(calls) == 2 and other.meta["resumed_batches"] == 0
 
 
+@pytest.mark.parametrize("content", [b"\x80\xff garbage \x00", b"", "wrong-shape"], ids=["binary", "empty", "wrong-shape"])
+def test_corrupt_resume_file_is_named_dropped_and_recomputed(tmp_path, caplog, content):
+    """Issue 15: a damaged resume file is a warning naming it, then its batch is computed again."""
+    import logging
+
+    model = tiny_model("llama")
+    ids, _ = random_batch(batch=4, seed=9)
+    inputs = AttributionInputs(problem_ids=tuple("abcd"), input_ids=tuple(tuple(r) for r in ids.tolist()),
+                               prompt_lengths=(5,) * 4, t_cut=4)
+    kw = dict(pad_token_id=0, batch_size=2, progress=False, resume_dir=tmp_path, cache_key="m")
+    first = score_inputs(model, inputs, **kw)
+    bad = sorted(tmp_path.glob("batch-*.pt"))[0]
+    if content == "wrong-shape":
+        torch.save({"scores": torch.zeros(1, 2, 3), "losses": torch.zeros(1)}, bad)
+    else:
+        bad.write_bytes(content)
+    with caplog.at_level(logging.WARNING):
+        again = score_inputs(model, inputs, **kw)
+    assert str(bad) in caplog.text
+    assert again.meta["resumed_batches"] == 1 and again.meta["computed_batches"] == 1
+    assert torch.equal(again.scores, first.scores) and torch.equal(again.losses, first.losses)
+    assert bad.is_file()  # rewritten with the recomputed batch
+    done = score_inputs(model, inputs, **kw, cleanup=True)
+    assert done.meta["resumed_batches"] == 2 and list(tmp_path.glob("batch-*.pt")) == []
+
+
 def test_checkpointing_gives_the_same_scores():
     model = tiny_model("llama")
     ids, mask = random_batch(seed=6)

@@ -169,6 +169,42 @@ def test_unreadable_shard_is_regenerated(model_dir):
     assert (again.n_generated, again.n_cached) == (3, 3) and again.generations == run.generations
 
 
+
+GARBAGE = b"\x80\xff\xfe binary \x00\x9c garbage"  # not UTF-8: the issue's "'utf-8' codec can't decode"
+
+
+@pytest.mark.parametrize("content", [GARBAGE, b"[1, 2]", b'{"generations": [{"problem_id": 3}]}'],
+                         ids=["binary", "json-list", "bad-entries"])
+def test_corrupt_cache_files_are_named_dropped_and_recomputed(model_dir, tmp_path, caplog, content):
+    """Issue 15: garbage in any generation-cache file (a shard, this job's meta.json, another job's
+    meta.json, a fingerprint memo) is a warning naming the file, the file is dropped and what it
+    held is recomputed; never a traceback, never a blocked cache."""
+    import json
+    from pathlib import Path
+
+    root = tmp_path / "cache"
+    first = generate(spec(model_dir), problems(), dataset="toy", batch_size=3, progress=False)
+    other = generate(spec(model_dir, max_new_tokens=5), problems()[:2], dataset="toy", progress=False)
+    shard = sorted(Path(first.cache_path).glob("part-*.json"))[0]
+    memos = sorted((root / "fingerprints").glob("*.json"))
+    assert memos
+    files = [shard, Path(first.cache_path) / "meta.json", Path(other.cache_path) / "meta.json", *memos]
+    for f in files:
+        f.write_bytes(content)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = generate(spec(model_dir), problems(), dataset="toy", batch_size=3, progress=False)
+        new_job = generate(spec(model_dir, max_new_tokens=4), problems()[:1], dataset="toy", progress=False)
+    assert (again.n_generated, again.n_cached) == (3, 3) and again.generations == first.generations
+    assert new_job.n_generated == 1  # a corrupt meta.json elsewhere in the cache does not block a new job
+    named = files[:2] if content.startswith(b"{") else files  # another job's meta / a memo: a dict is usable
+    for f in named:
+        assert str(f) in caplog.text, f  # each corrupt file is named
+    assert json.loads((Path(first.cache_path) / "meta.json").read_text())["dataset"] == "toy"  # rewritten
+    assert json.loads(memos[0].read_text())["sha256"]  # the memo is rewritten too
+    third = generate(spec(model_dir), problems(), dataset="toy", batch_size=3, progress=False)
+    assert third.n_generated == 0
+
 def test_fingerprint_of_local_folder(model_dir):
     fp = model_fingerprint(spec(model_dir))
     assert fp["kind"] == "local" and "model.safetensors" in fp["files"] and "tokenizer.json" in fp["files"]

@@ -51,30 +51,71 @@ def test_corrupt_or_foreign_file_is_a_clear_error(tmp_path):
 def test_tolerances_per_device_and_dtype(tmp_path):
     cpu = B.load_tolerance("cpu", "float32")
     gpu = B.load_tolerance("cuda:0", "bfloat16")
-    assert cpu.key == "cpu-float32" and gpu.key == "cuda-bfloat16" and gpu.rtol > cpu.rtol
+    assert cpu.key == "cpu-float32" and gpu.key == "cuda-bfloat16"
+    assert gpu.value_rtol > cpu.value_rtol and gpu.change_atol > cpu.change_atol
     assert B.load_tolerance("xpu", "float8").key == "default"
     bad = tmp_path / "t.yaml"
-    bad.write_text("cpu-float32: {rtol: x}\n")
-    with pytest.raises(B.BaselineError, match="no entry|numeric rtol"):
+    bad.write_text("cpu-float32: {value_rtol: x}\n")
+    with pytest.raises(B.BaselineError, match="cpu-float32.*needs numeric counts_rtol"):
         B.load_tolerance("cpu", "float32", bad)
+    bad.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(B.BaselineError, match="not valid YAML"):
+        B.load_tolerance("cpu", "float32", bad)
+
+
+def test_each_number_on_its_own_scale():
+    """Values: relative. Changes and bounds: absolute in units of the change (a change near 0 gets the
+    same slack as a large one). Histogram metrics: their own, wider scales."""
+    tol = B.Tolerance(value_rtol=1e-4, value_atol=0.0, change_atol=5e-4, histogram_value_rtol=2e-3,
+                      histogram_change_atol=3e-3)
+    assert tol.allows("intensity", "base", 1.00009, 1.0) and not tol.allows("intensity", "base", 1.00011, 1.0)
+    assert tol.allows("intensity", "ci_low", 0.0004, 0.0) and not tol.allows("intensity", "ci_low", 0.0006, 0.0)
+    assert tol.allows("intensity", "rel_change", 10.0004, 10.0)  # not 1e-4 * 10 = 1e-3 either
+    assert not tol.allows("intensity", "rel_change", 10.0006, 10.0)
+    assert tol.allows("complexity", "ci_high", 0.0829, 0.0809) and not tol.allows("complexity", "ci_high", 0.085, 0.0809)
+    assert tol.allows("complexity", "base", 1.0019, 1.0) and not tol.allows("complexity", "base", 1.0021, 1.0)
+    assert "±0.0005 absolute" in tol.describe("kurtosis", "ci_low")
+    assert "rtol=0.002 (histogram metric)" in tol.describe("complexity", "tuned")
+    with pytest.raises(ValueError, match="no tolerance scale for field 'n'"):
+        tol.bound("intensity", "n", 1.0)
 
 
 def test_perturbed_value_beyond_tolerance_fails_naming_value_stored_and_tolerance():
     tol = B.load_tolerance("cpu", "float32")
     stored = record()
     within = copy.deepcopy(stored)
-    within["metrics"]["intensity"]["tuned"] *= 1 + tol.rtol / 2
+    within["metrics"]["intensity"]["tuned"] *= 1 + tol.value_rtol / 2
     assert B.compare(stored, within, tol) == []
     beyond = copy.deepcopy(stored)
-    beyond["metrics"]["intensity"]["tuned"] *= 1 + 10 * tol.rtol
+    beyond["metrics"]["intensity"]["tuned"] *= 1 + 10 * tol.value_rtol
     problems = B.compare(stored, beyond, tol, where="baselines/p/synthetic/alpha-0.3.json")
     assert len(problems) == 1
     msg = problems[0]
     assert "intensity.tuned" in msg and f"{beyond['metrics']['intensity']['tuned']:.6g}" in msg
-    assert "stored 0.00131" in msg and "rtol=0.001" in msg and "alpha-0.3.json" in msg
+    assert "stored 0.00131" in msg and "rtol=0.0001, cpu-float32" in msg and "alpha-0.3.json" in msg
     counts = copy.deepcopy(stored)
     counts["counts"]["both_correct"] = 399
     assert any("count both_correct = 399 differs from stored 400" in p for p in B.compare(stored, counts, tol))
+
+
+def test_verdict_changes_and_borderline_endpoints_are_said():
+    tol = B.load_tolerance("cpu", "float32")
+    stored = record()
+    assert B.verdict_changes(stored, stored) == [] and B.borderline(stored, tol) == []
+    near = copy.deepcopy(stored)
+    near["metrics"]["intensity"]["ci_low"] = 0.0002  # within change_atol of 0
+    assert B.compare(stored, near, tol) != []  # moved by 0.12: out of tolerance
+    (line,) = B.borderline(near, tol)
+    assert line.startswith("intensity.ci_low = +0.00020 is within tolerance") and "borderline" in line
+    crossed = copy.deepcopy(near)
+    crossed["metrics"]["intensity"]["ci_low"] = -0.0001
+    (change,) = B.verdict_changes(near, crossed)
+    assert "lies across +0" in change and "lay above it" in change
+    # boundaries per metric: kurtosis judged against ±0.05 as well
+    assert B.verdict_changes(stored, stored, {"kurtosis": (-0.05, 0.0)}) == []
+    moved = copy.deepcopy(stored)
+    moved["metrics"]["kurtosis"]["ci_high"] = -0.04
+    assert any(c.startswith("kurtosis:") for c in B.verdict_changes(stored, moved, {"kurtosis": (-0.05, 0.0)}))
 
 
 @pytest.mark.skipif(not STORED, reason="no stored baselines yet: create them with `pytest suites/ --regen-baselines`")
@@ -88,12 +129,12 @@ def test_stored_baselines_catch_a_perturbation(path):
         for field in B.VALUE_FIELDS:
             s = float(values[field])
             moved = copy.deepcopy(stored)
-            moved["metrics"][metric][field] = s + 2 * (tol.atol + tol.rtol * abs(s))
+            moved["metrics"][metric][field] = s + 2 * tol.bound(metric, field, s)
             problems = B.compare(moved, stored, tol, where=str(path))  # stored file perturbed, run unchanged
             assert len(problems) == 1, problems
             assert problems[0].startswith(f"{metric}.{field} = {s:.6g} differs from stored "
                                           f"{moved['metrics'][metric][field]:.6g}")
-            assert tol.describe() in problems[0]
+            assert tol.describe(metric, field) in problems[0]
 
 
 def test_config_mismatch_is_reported():

@@ -114,3 +114,24 @@ def test_local_folder_and_missing_path(tmp_path):
 
     assert P.weights_missing(ModelSpec(str(tmp_path), "mini")) == f"a model at {tmp_path} (folder has no config.json)"
     assert "no such folder" in P.weights_missing(ModelSpec("./nowhere", "mini"))
+
+
+def test_zoo_models_are_recorded_by_name_and_weights_hash():
+    """Baseline provenance names a zoo model ``zoo:<name>`` with its weights' sha256, never a local folder."""
+    import json
+
+    from eapbench import zoo
+    from eapbench.cache import file_sha256
+
+    for side, name in (("base", "sft"), ("tuned", "grpo-t0.6")):
+        spec = getattr(P.get_pair("mini-grpo-t0.6"), side)
+        prov = P.model_provenance(spec)
+        folder = zoo.checkpoint_path(name)
+        assert prov["path"] == f"zoo:{name}" and prov["name"] == f"mini-{name}" and prov["template"] == "mini"
+        assert prov["sha256"] == {"model.safetensors": file_sha256(folder / "model.safetensors")}
+        card = json.loads((folder / "model_card.json").read_text())
+        assert prov["sha256"]["model.safetensors"] == card["files_sha256"]["model.safetensors"]
+        assert str(folder) not in json.dumps(prov)
+    hub = P.model_provenance(P.get_pair("deepseek-math-grpo").tuned)
+    assert hub == {"path": "deepseek-ai/deepseek-math-7b-rl", "revision": None, "name": "deepseek-math-7b-rl",
+                   "template": "deepseek-math"}

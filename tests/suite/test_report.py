@@ -73,6 +73,61 @@ def test_write_report_files(tmp_path):
     names = sorted(p.name for p in paths["figures"])
     assert names == sorted(["fig2-edge-change-mini-dpo-math-a0.3.png", "fig2-edge-change-mini-grpo-math-a0.3.png",
                             "fig3b-output-entropy-mini-dpo-math-a0.3.png", "fig3b-output-entropy-mini-grpo-math-a0.3.png",
-                            "fig3a-diversity.png"])
+                            "fig3a-diversity.png", "forest.png"])
+    assert sorted(json.loads((tmp_path / "figure_data.json").read_text())) == ["mini-dpo-math-a0.3", "mini-grpo-math-a0.3"]
     for p in paths["figures"]:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
+
+
+def test_reused_folder_loses_the_previous_reports_files_but_keeps_foreign_ones(tmp_path):
+    R.write_report([result("mini-grpo", "grpo", 0.3, 0.1), result("mini-dpo", "dpo", 0.3, -0.01)], tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "fig-user.png").write_bytes(b"png")
+    (tmp_path / "sub").mkdir()
+    R.write_report([result("mini-ppo", "ppo", 0.5, 0.1)], tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["results.json", "table1.md", "figure_data.json", "fig2-edge-change-mini-ppo-math-a0.5.png",
+                            "fig3b-output-entropy-mini-ppo-math-a0.5.png", "fig3a-diversity.png", "forest.png",
+                            "notes.txt", "fig-user.png", "sub"])  # no mini-grpo / mini-dpo figure left over
+    assert "mini-grpo" not in (tmp_path / "table1.md").read_text()
+    # a report without figures removes the earlier figures too (they would describe other results)
+    R.write_report([result("mini-ppo", "ppo", 0.5, 0.1)], tmp_path, with_figures=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig-user.png", "figure_data.json", "notes.txt",
+                                                         "results.json", "sub", "table1.md"]
+
+
+def test_report_files_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from eapbench.cache import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        paths = R.write_report([result("mini-grpo", "grpo", 0.3, 0.1)], tmp_path / "r")
+        for p in (paths["json"], paths["markdown"], *paths["figures"]):
+            assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
+        os.umask(0o077)
+        assert stat.S_IMODE(atomic_write_text(tmp_path / "private.txt", "x").stat().st_mode) == 0o600
+        os.chmod(tmp_path / "r" / "table1.md", 0o664)  # a replaced file keeps the mode it had
+        R.write_report([result("mini-grpo", "grpo", 0.3, 0.1)], tmp_path / "r", with_figures=False)
+        assert stat.S_IMODE((tmp_path / "r" / "table1.md").stat().st_mode) == 0o664
+    finally:
+        os.umask(old)
+
+
+def test_partial_report_is_marked(tmp_path):
+    rows = [result("mini-grpo", "grpo", 0.3, 0.1)]
+    expected = ["mini-dpo-math-a0.3", "mini-grpo-math-a0.3", "mini-grpo-math-a0.5"]
+    paths = R.write_report(rows, tmp_path, expected=expected, partial_reason="interrupted", with_figures=False)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["complete"] is False and paths["complete"] is False
+    assert data["missing_cases"] == ["mini-dpo-math-a0.3", "mini-grpo-math-a0.5"]
+    assert data["expected_cases"] == expected and data["partial_reason"] == "interrupted"
+    first = (tmp_path / "table1.md").read_text().splitlines()[0]
+    assert first.startswith("**PARTIAL: 2 of 3 cases not measured (interrupted): mini-dpo-math-a0.3, mini-grpo-math-a0.5")
+    # all expected cases there: complete, no mark
+    R.write_report(rows, tmp_path, expected=["mini-grpo-math-a0.3"], partial_reason="x", with_figures=False)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["complete"] is True and data["missing_cases"] == [] and "partial_reason" not in data
+    assert not (tmp_path / "table1.md").read_text().startswith("**PARTIAL")

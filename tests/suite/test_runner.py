@@ -135,3 +135,124 @@ def test_empty_selection_is_inconclusive_with_counts(monkeypatch, tmp_path, fake
     runner = Runner(PAIRS[:1], CFG, cache_root=tmp_path)
     v = runner.verdict("t-grpo", "synthetic", 0.3, "C1")
     assert v.status == "inconclusive" and "both_correct 0" in v.message
+
+
+def test_interrupted_attribution_resumes_from_saved_batches(monkeypatch, tmp_path, caplog):
+    """Issue 15: a run interrupted during attribution keeps its finished batches; the rerun computes
+    only the missing ones, logs how many it reused, gives the uninterrupted run's numbers exactly,
+    and a finished run leaves no partial files behind."""
+    import logging
+
+    import eapbench.engine.attribution as attribution
+
+    real = attribution.attribute
+    calls = []
+
+    def counting(*a, **k):
+        calls.append(1)
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt  # what Ctrl-C (or a killed job) does mid-run
+        return real(*a, **k)
+
+    monkeypatch.setattr(attribution, "attribute", counting)
+    per_run = -(-N // CFG.batch_size)  # 3 batches per model and alpha; 2 models x 2 alphas = 12 batches
+
+    def run(cache):
+        monkeypatch.setenv("EAPBENCH_CACHE", str(cache))
+        f = Fake()
+        monkeypatch.setattr("eapbench.pipeline.paired.prepare_pair", f.prepare_pair)
+        monkeypatch.setattr("eapbench.models.load_model", f.load_model)
+        return Runner(PAIRS, CFG, cache_root=cache / "suite").measure("t-grpo", "synthetic", 0.3)
+
+    interrupt_at = None
+    want = run(tmp_path / "clean")
+    assert len(calls) == 4 * per_run
+    assert list((tmp_path / "clean" / "attribution").rglob("*")) == []  # finished: partial files removed
+
+    calls.clear()
+    interrupt_at = 2 * per_run + 2  # the tuned model's second batch at the first alpha
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut")
+    assert len(list((tmp_path / "cut" / "attribution").rglob("batch-*.pt"))) == 2 * per_run + 1
+
+    calls.clear()
+    interrupt_at = None
+    with caplog.at_level(logging.INFO, logger="eapbench.engine.attribution"):
+        got = run(tmp_path / "cut")
+    assert len(calls) == 4 * per_run - (2 * per_run + 1)  # only the missing batches
+    assert "resumed 3 of 3 batches" in caplog.text and "resumed 1 of 3 batches" in caplog.text
+    assert got.metrics == want.metrics and got.figures == want.figures  # bit-identical numbers
+    assert list((tmp_path / "cut" / "attribution").rglob("batch-*.pt")) == []
+
+
+@pytest.mark.parametrize("content", [b"\x80\xff garbage \x00", b"[]", b'{"pair": 1}'], ids=["binary", "list", "dict"])
+def test_corrupt_cached_measurement_is_named_dropped_and_remeasured(fake, tmp_path, caplog, content):
+    import logging
+
+    first = Runner(PAIRS[:1], CFG, cache_root=tmp_path).measure("t-grpo", "synthetic", 0.3)
+    path = Runner(PAIRS[:1], CFG, cache_root=tmp_path).store.path(PAIRS[0], "synthetic", 0.3)
+    path.write_bytes(content)
+    with caplog.at_level(logging.WARNING):
+        again = Runner(PAIRS[:1], CFG, cache_root=tmp_path).measure("t-grpo", "synthetic", 0.3)
+    assert str(path) in caplog.text and len(fake.prepare_calls) == 2
+    assert again.metrics == first.metrics and _stored_metrics(path) == again.metrics
+
+
+def _stored_metrics(path):
+    import json
+
+    return json.loads(path.read_text())["metrics"]
+
+
+def test_concurrent_sessions_measure_a_pair_once(fake, monkeypatch, tmp_path):
+    """Two sessions on one cache (pytest-xdist workers): the second waits for the first's measurement."""
+    import threading
+    import time
+
+    def slow_prepare(*a, **kw):
+        time.sleep(0.5)  # both sessions ask while the first is still measuring
+        return fake.prepare_pair(*a, **kw)
+
+    monkeypatch.setattr("eapbench.pipeline.paired.prepare_pair", slow_prepare)
+    runners = [Runner(PAIRS, CFG, cache_root=tmp_path) for _ in range(2)]
+    got = {}
+    threads = [threading.Thread(target=lambda i=i: got.setdefault(i, runners[i].measure("t-grpo", "synthetic", 0.3)))
+               for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(fake.prepare_calls) == 1  # measured once; the other session read it from disk
+    assert got[0].metrics == got[1].metrics
+
+
+def test_results_without_measuring_leave_out_what_was_not_measured(fake, tmp_path):
+    runner = Runner(PAIRS, CFG, cache_root=tmp_path / "empty")
+    runner.measure("t-dpo", "synthetic", 0.3)
+    calls = len(fake.prepare_calls)
+    results = runner.results(measure=False)  # e.g. at the end of an interrupted session
+    assert len(fake.prepare_calls) == calls  # nothing new measured
+    assert [r["alpha"] for r in results] == [0.3, 0.5] and {r["pair"] for r in results} == {"t-dpo"}
+    res = results[0]
+    assert "C6" not in res["verdicts"] and "t-grpo-synthetic-a0.3" in res["verdicts_unavailable"]["C6"]
+    assert {"C1", "C2", "C3", "C4", "C5"} <= set(res["verdicts"])
+    assert runner.expected_cases() == ["t-grpo-synthetic-a0.3", "t-grpo-synthetic-a0.5", "t-dpo-synthetic-a0.3",
+                                       "t-dpo-synthetic-a0.5"]
+
+
+def test_abandoned_resume_folders_are_pruned(monkeypatch, tmp_path):
+    import os
+    import time
+
+    from eapbench.suite.measure import prune_stale_resume_dirs
+
+    monkeypatch.setenv("EAPBENCH_CACHE", str(tmp_path))
+    old, fresh = tmp_path / "attribution" / "old", tmp_path / "attribution" / "fresh"
+    for folder in (old, fresh):
+        folder.mkdir(parents=True)
+        (folder / "batch-x.pt").write_bytes(b"x")
+    past = time.time() - 31 * 86400
+    for f in (old / "batch-x.pt", old):
+        os.utime(f, (past, past))
+    assert prune_stale_resume_dirs() == [old]
+    assert not old.exists() and (fresh / "batch-x.pt").is_file()

@@ -1,0 +1,120 @@
+"""Would the stored mini baselines pass on another CPU? SPEC §6b's perturbation test.
+
+Float32 edge scores differ across CPUs by ~1e-6 relative. For every stored mini case, the edge
+scores of both models are perturbed by seeded relative noise at 1e-5 (10x that drift), the metrics
+and bootstraps recomputed exactly as the suite does, and the stored baseline must still pass under
+the cpu-float32 tolerances — while a real 1% change of any metric must still fail. The third test
+shows why the scales matter: a tolerance relative to each stored number (the old rule) fails
+under the same noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from eapbench.engine.attribution import score_inputs
+from eapbench.engine.graph import ResidualGraph
+from eapbench.models import load_model
+from eapbench.pipeline import paired
+from eapbench.suite import baselines as B
+from eapbench.suite import pairs as P
+from eapbench.suite.claims import load_claims
+from eapbench.suite.measure import bootstrap_metrics
+from eapbench.suite.measurement import RunConfig
+
+NOISE = 1e-5
+SEEDS = (1, 2, 3)
+CFG = RunConfig(progress=False)
+CASES = [(p, a) for p in P.group("mini") for a in p.alphas
+         if B.baseline_path(p.id, "synthetic", a).is_file()]
+
+
+@pytest.fixture(scope="module")
+def scores():
+    """The edge scores of every stored mini case, computed as the suite computes them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {}
+    try:
+        for pair in {p.id: p for p, _ in CASES}.values():
+            r = pair.resolved()
+            sel = paired.prepare_pair(r.base, r.tuned, "synthetic", list(pair.alphas), n_samples=CFG.n_samples,
+                                      seed=CFG.seed, beta=CFG.beta, gamma=CFG.gamma, delta=CFG.delta,
+                                      limit=CFG.limit_for(pair), device="cpu", dtype=CFG.dtype_for(pair),
+                                      batch_size=CFG.gen_batch_for(pair), cache=True, progress=False)
+            for side, spec in (("base", r.base), ("tuned", r.tuned)):
+                model, tok = load_model(spec.path, dtype=CFG.dtype_for(pair), device="cpu")
+                graph = ResidualGraph.from_model(model, granularity=CFG.granularity)
+                for a in pair.alphas:
+                    out[(pair.id, a, side)] = score_inputs(model, getattr(sel[a], side), pad_token_id=tok.pad_token_id,
+                                                           graph=graph, batch_size=CFG.batch_size, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+def perturbed(es, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    return dataclasses.replace(es, scores=es.scores * (1 + NOISE * torch.randn(es.scores.shape, generator=g)))
+
+
+def record_for(pair, alpha, base, tuned) -> dict:
+    metrics, _, _ = bootstrap_metrics(base, tuned, CFG, load_claims().metrics)
+    stored = B.read_baseline(B.baseline_path(pair.id, "synthetic", alpha))
+    return B.make_record(pair=pair.id, dataset="synthetic", alpha=alpha, metrics=metrics, counts=stored["counts"],
+                         config=stored["config"], provenance={})
+
+
+@pytest.fixture(scope="module")
+def records(scores):
+    """(pair, α) -> one re-measured record per noise seed."""
+    return {(p.id, a): [record_for(p, a, perturbed(scores[(p.id, a, "base")], 100 * s),
+                                   perturbed(scores[(p.id, a, "tuned")], 100 * s + 1)) for s in SEEDS]
+            for p, a in CASES}
+
+
+def test_every_mini_case_has_a_stored_baseline():
+    assert len(CASES) == sum(len(p.alphas) for p in P.group("mini")) == 8
+
+
+@pytest.mark.parametrize("pair,alpha", CASES, ids=[f"{p.id}-a{a:g}" for p, a in CASES])
+def test_stored_baseline_survives_10x_cross_machine_noise(records, pair, alpha):
+    stored = B.read_baseline(B.baseline_path(pair.id, "synthetic", alpha))
+    tol = B.load_tolerance("cpu", "float32")
+    boundaries = load_claims().decision_boundaries()
+    for rec in records[(pair.id, alpha)]:
+        assert B.compare(stored, rec, tol) == []
+        assert B.verdict_changes(stored, rec, boundaries) == []
+
+
+@pytest.mark.parametrize("pair,alpha", CASES, ids=[f"{p.id}-a{a:g}" for p, a in CASES])
+def test_a_real_one_percent_change_of_any_metric_still_fails(records, pair, alpha):
+    stored = B.read_baseline(B.baseline_path(pair.id, "synthetic", alpha))
+    tol = B.load_tolerance("cpu", "float32")
+    rec = records[(pair.id, alpha)][0]
+    for metric, r in rec["metrics"].items():
+        for side in ("base", "tuned"):  # the metric of one model moves by 1%; the change and its interval follow
+            moved = {**r, side: r[side] * 1.01}
+            shift = (moved["tuned"] - moved["base"]) / abs(moved["base"]) - (r["tuned"] - r["base"]) / abs(r["base"])
+            moved.update(rel_change=r["rel_change"] + shift, ci_low=r["ci_low"] + shift, ci_high=r["ci_high"] + shift)
+            problems = B.compare(stored, {**rec, "metrics": {**rec["metrics"], metric: moved}}, tol)
+            assert any(p.startswith(f"{metric}.{side} ") for p in problems), (metric, side)
+            assert any(p.startswith(f"{metric}.rel_change ") for p in problems), (metric, side, shift)
+
+
+def test_a_tolerance_relative_to_each_stored_number_would_not_survive(records):
+    """The old rule (|d| <= 1e-6 + 1e-3 |stored| for every number) fails under the same noise: the
+    bounds of a change near 0 and the histogram metric's bounds need their own scales."""
+    failures = []
+    for p, a in CASES:
+        stored = B.read_baseline(B.baseline_path(p.id, "synthetic", a))
+        for rec in records[(p.id, a)]:
+            for metric, s in stored["metrics"].items():
+                for f in B.VALUE_FIELDS:
+                    d = abs(rec["metrics"][metric][f] - s[f])
+                    if d > 1e-6 + 1e-3 * abs(s[f]):
+                        failures.append((p.id, a, metric, f))
+    assert failures
