@@ -41,9 +41,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="model dtype (default: each pair's own; mini float32, paper/lineages bfloat16)")
     suite.addoption("--granularity", default="qkv", choices=("qkv", "block"),
                     help="residual-graph granularity (SPEC §2; default qkv)")
-    suite.addoption("--batch-size", type=int, default=8, help="attribution batch size (default 8)")
+    suite.addoption("--batch-size", type=int, default=8, help="attribution batch size (default 8; with "
+                    "--memory-budget the most per batch)")
+    suite.addoption("--memory-budget", default=None, metavar="SIZE|auto",
+                    help="pack attribution batches by length under this memory (e.g. 40GiB; auto = 90%% of free "
+                         "device memory), checkpointing where one sample needs it (default: auto on CUDA, "
+                         "fixed batches on CPU)")
     suite.addoption("--gen-batch-size", type=int, default=None,
-                    help="generation batch size (default: each pair's own; mini 64, paper 8)")
+                    help="generation batch size (default: each pair's own; mini 64, paper 8; with "
+                         "--gen-token-budget the most per batch)")
+    suite.addoption("--gen-token-budget", type=int, default=None, metavar="TOKENS",
+                    help="hf generation: pack batches by prompt length so that rows x (longest prompt + max new "
+                         "tokens) stays within TOKENS (bounds a batch's KV cache; default: batches of "
+                         "--gen-batch-size)")
+    suite.addoption("--backend", default="hf", metavar="hf|vllm|auto",
+                    help="generation backend: hf (transformers, default), vllm (needs vLLM and --device cuda; an "
+                         "error otherwise), auto (vllm where it can run, else hf); same cache, prompts, greedy "
+                         "decoding and grading")
     suite.addoption("--threads", type=int, default=1,
                     help="torch CPU threads while measuring (default 1: steady on shared CPUs, reproducible; 0 = torch default)")
     suite.addoption("--data-dir", default=None, help="folder with datasets not shipped offline (college_math)")

@@ -13,6 +13,7 @@ from .engine.architectures import ARCHITECTURES, UnsupportedArchitectureError
 from .engine.attribution import AttributionError, EdgeScores, attribute, score_inputs
 from .engine.export import from_mib_json, to_mib_json
 from .engine.graph import ResidualGraph
+from .engine.memory import estimate_memory
 from .analysis.metrics import (activation_intensity, distribution_kurtosis, information_complexity,
                       inter_sample_diversity, output_edge_entropy, output_edge_entropy_per_node,
                       relative_change)
@@ -23,7 +24,7 @@ from .analysis.stats import BootstrapResult, Verdict, benjamini_hochberg, paired
 __all__ = [
     "ARCHITECTURES", "AttributionError", "AttributionInputs", "BootstrapResult", "EdgeScores", "ModelSpec",
     "Problem", "ResidualGraph", "UnsupportedArchitectureError", "Verdict", "activation_intensity", "attribute",
-    "benjamini_hochberg", "distribution_kurtosis", "from_mib_json", "information_complexity",
+    "benjamini_hochberg", "distribution_kurtosis", "estimate_memory", "from_mib_json", "information_complexity",
     "inter_sample_diversity", "load_model", "load_smollm2", "output_edge_entropy", "output_edge_entropy_per_node",
     "paired_bootstrap", "paired_permutation_test", "relative_change", "score_inputs", "to_mib_json", "verdict",
 ]

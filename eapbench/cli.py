@@ -47,9 +47,19 @@ def _compare_parser(sub) -> None:
                    help="with --device-map: memory per device, e.g. '0=70GiB,1=70GiB,cpu=200GiB'")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--granularity", default="qkv", choices=("qkv", "block"))
-    p.add_argument("--batch-size", type=int, default=8, help="attribution batch size")
+    p.add_argument("--batch-size", type=int, default=8, help="attribution batch size (with --memory-budget: the most)")
+    p.add_argument("--memory-budget", default=None, metavar="SIZE|auto",
+                   help="pack attribution batches by length under this memory (40GiB; auto = 90%% of free device "
+                        "memory), checkpointing where needed (default: auto on CUDA, fixed batches on CPU)")
     p.add_argument("--gen-batch-size", type=int, default=None,
-                   help="generation batch size (default 64 for the mini template, else 8)")
+                   help="generation batch size (default 64 for the mini template, else 8; with "
+                        "--gen-token-budget the most per batch)")
+    p.add_argument("--gen-token-budget", type=int, default=None, metavar="TOKENS",
+                   help="hf generation: pack batches by prompt length so that rows x (longest prompt + max new "
+                        "tokens) stays within TOKENS (default: batches of --gen-batch-size)")
+    p.add_argument("--backend", default="hf", metavar="hf|vllm|auto",
+                   help="generation backend: hf (default), vllm (needs vLLM and --device cuda), auto (vllm "
+                        "where it can run, else hf)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 = torch default)")
     p.add_argument("--data-dir", default=None, help="folder with datasets not shipped offline (college_math)")
     p.add_argument("--allow-tokenizer-mismatch", action="store_true")
@@ -67,7 +77,9 @@ def compare(args: argparse.Namespace) -> int:
     pair, _template = check_compare(args)  # every option, before any model loads (OptionError: exit 2)
     cfg = RunConfig(n_samples=args.n_samples, granularity=args.granularity, device=args.device, dtype=args.dtype,
                     n_resamples=args.n_resamples, batch_size=args.batch_size, limit=args.limit,
-                    data_dir=args.data_dir, threads=args.threads or None, device_map=args.device_map,
+                    gen_token_budget=args.gen_token_budget, backend=args.backend,
+                    data_dir=args.data_dir, threads=args.threads or None, memory_budget=args.memory_budget,
+                    device_map=args.device_map,
                     max_memory=args.max_memory)
     runner = Runner([pair], cfg)
     try:
@@ -99,6 +111,9 @@ def check_compare(args: argparse.Namespace):
                         gen_batch_size=args.gen_batch_size, dtype=args.dtype)
     O.check_alphas("--alpha", args.alpha)
     O.check_placement(args.device_map, args.max_memory)
+    O.check_gen_token_budget("--gen-token-budget", args.gen_token_budget)
+    args.backend = O.check_backend("--backend", args.backend, args.device)  # resolved: hf or vllm
+    O.check_memory_budget("--memory-budget", args.memory_budget)
     O.check_int("--max-new-tokens", args.max_new_tokens, optional=True,
                 fix="the answer length cap in tokens, e.g. 1024 (omit it for the default)")
     O.check_datasets("--dataset", args.dataset)

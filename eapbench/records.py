@@ -8,7 +8,7 @@ they hash, pickle and serialise to JSON without a model in sight.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -82,10 +82,16 @@ class AttributionInputs:
     def __len__(self) -> int:
         return len(self.problem_ids)
 
-    def tensors(self, pad_token_id: int, rows: slice | None = None,
+    def tensors(self, pad_token_id: int, rows: slice | Sequence[int] | None = None,
                 padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Padded ``(input_ids, attention_mask, loss_mask)`` long/bool tensors for the selected rows."""
-        idx = range(len(self))[rows] if rows is not None else range(len(self))
+        """Padded ``(input_ids, attention_mask, loss_mask)`` long/bool tensors for the selected rows
+        (a slice, or row indices in the order they are to be stacked)."""
+        if rows is None:
+            idx = range(len(self))
+        elif isinstance(rows, slice):
+            idx = range(len(self))[rows]
+        else:
+            idx = list(rows)
         seqs = [self.input_ids[i] for i in idx]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)

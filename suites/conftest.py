@@ -79,6 +79,9 @@ def build_suite(config: pytest.Config) -> Suite:
         O.check_datasets("--datasets", _csv(opt("--datasets")))
         O.check_report("--report", opt("--report"))
         O.check_placement(opt("--device-map"), opt("--max-memory"))
+        O.check_gen_token_budget("--gen-token-budget", opt("--gen-token-budget"))
+        backend = O.check_backend("--backend", opt("--backend"), opt("--device"))
+        O.check_memory_budget("--memory-budget", opt("--memory-budget"))
         shard = parse_shard(opt("--shard")) if opt("--shard") else None
     except (ValueError, KeyError, FileNotFoundError) as exc:
         raise pytest.UsageError(str(exc).strip("'\"")) from None
@@ -87,7 +90,9 @@ def build_suite(config: pytest.Config) -> Suite:
     cfg = RunConfig(n_samples=opt("--n-samples"), granularity=opt("--granularity"), device=device,
                     dtype=opt("--dtype"), n_resamples=opt("--n-resamples"), batch_size=opt("--batch-size"),
                     gen_batch_size=opt("--gen-batch-size"), threads=opt("--threads") or None,
-                    limit=opt("--limit"), data_dir=opt("--data-dir"), device_map=opt("--device-map"),
+                    gen_token_budget=opt("--gen-token-budget"), backend=backend,
+                    limit=opt("--limit"), data_dir=opt("--data-dir"), memory_budget=opt("--memory-budget"),
+                    device_map=opt("--device-map"),
                     max_memory=opt("--max-memory"))
     runnable, skipped = [], {}
     chosen = {p.id for p in selected}

@@ -237,3 +237,23 @@ def test_compare_on_disk_offloaded_models_equals_the_plain_run(tmp_path, monkeyp
     plain, off = runs["plain"], runs["offloaded"]
     assert off["provenance"]["placement"] == {"device_map": "auto", "max_memory": "cpu=1MiB"}
     assert off["counts"] == plain["counts"] and off["metrics"] == plain["metrics"]
+
+
+def test_backend_vllm_on_cpu_is_one_line_before_any_model(fake, capsys):
+    assert cli.main(_compare_args("--base", "zoo:sft", "--tuned", "zoo:grpo", "--backend", "vllm")) == 2
+    assert "--backend vllm: vLLM runs on CUDA GPUs only and this run's device is cpu; use --backend hf" in \
+        _err_line(capsys)
+    assert cli.main(_compare_args("--base", "zoo:sft", "--tuned", "zoo:grpo", "--gen-token-budget", "0")) == 2
+    assert "--gen-token-budget 0: must be >= 1" in _err_line(capsys)
+    assert fake.prepare_calls == [] and fake.load_calls == []
+
+
+def test_backend_and_token_budget_reach_the_pipeline(fake, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("EAPBENCH_CACHE", str(tmp_path / "cache"))
+    seen = []
+    real = fake.prepare_pair
+    monkeypatch.setattr("eapbench.pipeline.paired.prepare_pair", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    rc = cli.main(_compare_args("--base", "zoo:sft", "--tuned", "zoo:grpo", "--backend", "auto", "--gen-token-budget",
+                                "4096", "--report", str(tmp_path / "r"), "--no-figures"))
+    assert rc in (0, 1), capsys.readouterr().err
+    assert seen[0]["backend"] == "hf" and seen[0]["gen_token_budget"] == 4096  # auto on a CPU: hf

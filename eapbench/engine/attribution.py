@@ -410,10 +410,17 @@ def _load_resumed_batch(path: Path, n_rows: int, graph: ResidualGraph) -> tuple[
 
 
 def score_inputs(model: nn.Module, inputs: AttributionInputs, *, pad_token_id: int,
-                 graph: ResidualGraph | None = None, batch_size: int = 8, checkpointing: bool = False,
+                 graph: ResidualGraph | None = None, batch_size: int = 8, checkpointing: bool | str = False,
                  progress: bool = True, resume_dir: str | Path | None = None, cache_key: str = "",
-                 cleanup: bool = False) -> EdgeScores:
+                 cleanup: bool = False, memory_budget: str | int | None = None) -> EdgeScores:
     """Score every sample of ``inputs`` in batches (right padding), with a progress bar.
+
+    Batches: consecutive runs of ``batch_size`` samples, or, with ``memory_budget`` (bytes, a size
+    like ``"40GiB"``, or ``"auto"``: 90% of the device's free memory), samples packed by length under
+    the budget by :func:`eapbench.engine.planning.plan_batches`, at most ``batch_size`` per batch,
+    with activation checkpointing for a batch whose single sample needs it when ``checkpointing`` is
+    ``"auto"``. Scores come back in input order and do not depend on the batching (up to float
+    summation order). ``meta["plan"]`` records what was chosen.
 
     With ``resume_dir``, each finished batch is saved there (keyed by ``cache_key`` — pass the
     model's fingerprint —, the graph's granularity and node names, the model's dtype and device,
@@ -425,51 +432,60 @@ def score_inputs(model: nn.Module, inputs: AttributionInputs, *, pad_token_id: i
     """
     from tqdm.auto import tqdm
 
+    from .planning import describe_plan, plan_batches, resolve_budget
+
     graph = graph or ResidualGraph.from_model(model)
-    chunks, losses = [], []
-    n_batches = -(-len(inputs) // batch_size)
-    log.info("attributing %d samples (%s, %d layers, %s) in %d batches", len(inputs), graph.model_type,
-             graph.n_layers, graph.granularity, n_batches)
     param = next(model.parameters())
+    device = execution_device(model)
+    budget = resolve_budget(memory_budget, device)
+    plan = plan_batches(model.config, [len(r) for r in inputs.input_ids], batch_size=batch_size, budget=budget,
+                        checkpointing=checkpointing, dtype=param.dtype, granularity=graph.granularity,
+                        device=device.type, names=inputs.problem_ids)
+    summary = describe_plan(plan, budget)
+    log.info("attributing %d samples (%s, %d layers, %s) in %d batches%s", len(inputs), graph.model_type,
+             graph.n_layers, graph.granularity, len(plan),
+             "" if budget is None else f" planned under {budget / 2**30:.2f} GiB (batch size: count {summary['batch_sizes']}, "
+                                      f"{summary['checkpointed_batches']} with checkpointing)")
+    scores = losses = None
     reused = computed = 0
     paths: list[Path] = []
-    for start, (ids, attn, mask) in zip(range(0, len(inputs), batch_size),
-                                        tqdm(inputs.batches(batch_size, pad_token_id), total=n_batches,
-                                             desc=f"EAP {inputs.model or graph.model_type}", disable=not progress)):
-        path = None
+    for batch in tqdm(plan, desc=f"EAP {inputs.model or graph.model_type}", disable=not progress):
+        ids, attn, mask = inputs.tensors(pad_token_id, list(batch.rows))
+        path = saved = None
         if resume_dir is not None:
             key = stable_hash({"format": RESUME_FORMAT, "model": cache_key, "model_type": graph.model_type,
                                "n_layers": graph.n_layers, "granularity": graph.granularity,
                                "sources": list(graph.sources), "destinations": list(graph.destinations),
-                               "dtype": str(param.dtype), "device": str(param.device), "t_cut": inputs.t_cut,
-                               "prompt_lengths": list(inputs.prompt_lengths[start:start + batch_size]),
+                               "dtype": str(param.dtype), "device": str(device), "t_cut": inputs.t_cut,
+                               "prompt_lengths": [inputs.prompt_lengths[i] for i in batch.rows],
                                "ids": ids.tolist(), "attention": attn.tolist(), "targets": mask.tolist()}, 24)
             path = Path(resume_dir) / f"batch-{key}.pt"
             paths.append(path)
             saved = _load_resumed_batch(path, ids.shape[0], graph)
-            if saved is not None:
-                chunks.append(saved[0])
-                losses.append(saved[1])
-                reused += 1
-                continue
-        s, l = attribute(model, ids, mask, graph=graph, attention_mask=attn, checkpointing=checkpointing,
-                         return_loss=True)
-        computed += 1
-        if path is not None:
-            try:
-                atomic_save(path, lambda p, s=s, l=l: torch.save({"scores": s, "losses": l}, p))
-            except OSError as exc:  # a full disk or a vanished folder costs the resume, not the run
-                log.warning("could not save attribution resume file %s: %s", path, exc)
-        chunks.append(s)
-        losses.append(l)
+        if saved is not None:
+            s, l = saved
+            reused += 1
+        else:
+            s, l = attribute(model, ids, mask, graph=graph, attention_mask=attn, checkpointing=batch.checkpointing,
+                             return_loss=True)
+            computed += 1
+            if path is not None:
+                try:
+                    atomic_save(path, lambda p, s=s, l=l: torch.save({"scores": s, "losses": l}, p))
+                except OSError as exc:  # a full disk or a vanished folder costs the resume, not the run
+                    log.warning("could not save attribution resume file %s: %s", path, exc)
+        if scores is None:
+            scores = torch.zeros((len(inputs), *s.shape[1:]), dtype=s.dtype)
+            losses = torch.zeros(len(inputs), dtype=l.dtype)
+        rows = torch.tensor(batch.rows)
+        scores[rows], losses[rows] = s, l
     if resume_dir is not None:
         log.info("%s: resumed %d of %d batches from %s, computed %d", inputs.model or graph.model_type, reused,
-                 n_batches, resume_dir, computed)
+                 len(plan), resume_dir, computed)
         if cleanup:
             for path in paths:
                 path.unlink(missing_ok=True)
     meta = {"batch_size": batch_size, "dtype": str(param.dtype).replace("torch.", ""),
-            "device": str(param.device), "granularity": graph.granularity,
-            "t_cut": inputs.t_cut, "model": inputs.model, "resumed_batches": reused, "computed_batches": computed}
-    return EdgeScores(scores=torch.cat(chunks), graph=graph, problem_ids=inputs.problem_ids,
-                      losses=torch.cat(losses), meta=meta)
+            "device": str(device), "granularity": graph.granularity, "t_cut": inputs.t_cut, "model": inputs.model,
+            "resumed_batches": reused, "computed_batches": computed, "plan": summary}
+    return EdgeScores(scores=scores, graph=graph, problem_ids=inputs.problem_ids, losses=losses, meta=meta)

@@ -1,20 +1,34 @@
 """Greedy generation of the models' own answers, cached on disk and resumable.
 
 :func:`generate` runs batched greedy decoding (left padding, KV cache, stop at EOS, at most
-``max_new_tokens``) with ``transformers``, or with vLLM when ``backend="vllm"`` (only when
-vLLM is importable and CUDA is present; that path is not exercised by the test suite).
+``max_new_tokens``) with ``transformers`` (``backend="hf"``), or with vLLM (``backend="vllm"``: only
+when vLLM is importable and the device is CUDA, :func:`vllm_unavailable`; ``"auto"``: vLLM there,
+else ``transformers``). Both backends get the same prompt token ids, decode greedily, stop at the
+same EOS ids and cap answers at the same ``max_new_tokens``; the vLLM path is tested here only
+with vLLM faked (no GPU in CI).
 
 Results are cached under ``<cache root>/generations/<key>/`` where the key hashes the model
 fingerprint (:func:`model_fingerprint`: config, tokenizer files and weight-file hashes of a
 local folder, or the pinned commit of a hub model), the dataset name, the template and the
-decoding settings. Each finished batch is written atomically as its own shard, so an
-interrupted run resumes with the problems it had not reached. A changed checkpoint has a
-new fingerprint, hence a new key: its stale generations are never reused (a warning says so).
+decoding settings, and not the backend: vLLM and ``transformers`` answers share one cache (both
+are greedy; in bf16 they can differ on near-ties, as two batch compositions of one backend can).
+Each finished batch is written atomically as its own shard, with the backend that made it
+(:class:`GenerationRun` counts them), so an interrupted run resumes with the problems it had not
+reached. A changed checkpoint has a new fingerprint, hence a new key: its stale generations are
+never reused (a warning says so).
 
-Batches are formed from the problems still missing, longest prompt first; the padding
-of a batch can change floating-point results slightly, so a resumed run is not guaranteed
-to be bit-identical to an uninterrupted one (greedy ties are rare). The batch size is
-recorded in each shard, not in the key.
+Batches are formed from the problems still missing, longest prompt first, at most
+``batch_size`` each and, with ``token_budget``, at most as many as keep
+``rows x (longest prompt + max_new_tokens)`` within the budget (:func:`plan_batches`; this bounds
+the KV cache of a batch, for long answers on a GPU). The padding of a batch can change
+floating-point results slightly, so a resumed run is not guaranteed to be bit-identical to an
+uninterrupted one (greedy ties are rare). The batch size is recorded in each shard, not in the
+key. vLLM gets the problems in chunks of :data:`VLLM_CHUNK` (one shard each) and schedules them
+itself; ``batch_size`` and ``token_budget`` apply to ``transformers`` only.
+
+Every run reports what it decoded: answer tokens generated in this call (each answer's tokens
+plus the EOS that ended it; cached answers count 0), the decoding seconds (model loading
+excluded) and tokens/s (:class:`GenerationRun`).
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,10 +49,12 @@ from ..records import ModelSpec, Problem
 log = logging.getLogger(__name__)
 
 __all__ = ["Generation", "GenerationRun", "generate", "model_fingerprint", "tokenize_prompts",
-           "greedy_generate", "load_tokenizer", "eos_token_ids", "CACHE_FORMAT"]
+           "greedy_generate", "load_tokenizer", "eos_token_ids", "plan_batches", "vllm_unavailable",
+           "resolve_backend", "CACHE_FORMAT", "BACKENDS"]
 
 CACHE_FORMAT = 1  # bump when the shard layout changes
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm", "auto")
+VLLM_CHUNK = 512  # prompts per vLLM call (and per cache shard): vLLM batches them itself
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                     "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
@@ -78,6 +95,22 @@ class GenerationRun:
     n_generated: int = 0  # decoded in this call
     n_cached: int = 0  # taken from the cache
     cache_path: str | None = None
+    backend: str = "hf"  # the backend that decoded this call's answers (resolved: hf or vllm)
+    backends: dict[str, int] = field(default_factory=dict, compare=False)  # answers per backend that made them
+    n_new_tokens: int = 0  # tokens decoded in this call (answer + its EOS); cached answers count 0
+    seconds: float = field(default=0.0, compare=False)  # decoding wall time in this call (loading excluded)
+    load_seconds: float = field(default=0.0, compare=False)  # loading the model / starting the engine
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Decoded tokens per second in this call (None when nothing was decoded)."""
+        return round(self.n_new_tokens / self.seconds, 2) if self.n_new_tokens and self.seconds > 0 else None
+
+    def stats(self) -> dict[str, Any]:
+        """This call's generation figures, for provenance."""
+        return {"backend": self.backend, "backends": dict(self.backends), "n_generated": self.n_generated,
+                "n_cached": self.n_cached, "n_new_tokens": self.n_new_tokens, "seconds": round(self.seconds, 3),
+                "load_seconds": round(self.load_seconds, 3), "tokens_per_s": self.tokens_per_s}
 
     def __len__(self) -> int:
         return len(self.generations)
@@ -252,14 +285,54 @@ def greedy_generate(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tok
     return [_cut_at_eos(row, eos) for row in new]
 
 
-def _vllm_available() -> bool:
+def plan_batches(lengths: Sequence[int], *, batch_size: int, max_new_tokens: int,
+                 token_budget: int | None = None) -> list[list[int]]:
+    """Indices into ``lengths`` (prompt lengths) grouped into generation batches, longest prompt first.
+
+    Each batch holds at most ``batch_size`` prompts and, with ``token_budget``, at most as many as keep
+    ``rows * (longest prompt + max_new_tokens) <= token_budget`` (a prompt that alone exceeds the
+    budget gets a batch of its own). Without a budget: consecutive slices of ``batch_size``.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: ties keep the caller's order
+    batches: list[list[int]] = []
+    for i in order:
+        if batches:
+            last = batches[-1]
+            width = lengths[last[0]]  # the first prompt of a batch is its longest
+            fits = token_budget is None or (len(last) + 1) * (width + max_new_tokens) <= token_budget
+            if len(last) < batch_size and fits:
+                last.append(i)
+                continue
+        batches.append([i])
+    return batches
+
+
+def vllm_unavailable(device: str = "cuda") -> str | None:
+    """Why vLLM cannot generate on ``device`` here (a phrase), or None when it can."""
     import importlib.util
 
+    if not str(device).startswith("cuda"):
+        return f"vLLM runs on CUDA GPUs only and this run's device is {device}"
     if importlib.util.find_spec("vllm") is None:
-        return False
+        return "the vllm package is not installed here (`pip install vllm`)"
     import torch
 
-    return torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible"
+    return None
+
+
+def resolve_backend(backend: str, device: str = "cuda") -> str:
+    """``hf`` or ``vllm``: ``auto`` is vLLM where :func:`vllm_unavailable` finds nothing missing, else hf."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+    if backend == "auto":
+        return "vllm" if vllm_unavailable(device) is None else "hf"
+    return backend
+
+
+def _vllm_available(device: str = "cuda") -> bool:
+    return vllm_unavailable(device) is None
 
 
 # ---------------------------------------------------------------- cache
@@ -268,7 +341,8 @@ def _question_hash(p: Problem) -> str:
     return stable_hash(p.question, 12)
 
 
-def _load_shards(folder: Path) -> dict[str, Generation]:
+def _load_shards(folder: Path, made_by: dict[str, str] | None = None) -> dict[str, Generation]:
+    """Cached generations by problem id (``made_by``, when given, gets each one's backend)."""
     found: dict[str, Generation] = {}
     for shard in sorted(folder.glob("part-*.json")):
         data = read_json_entry(shard, "generation cache shard")
@@ -280,6 +354,9 @@ def _load_shards(folder: Path) -> dict[str, Generation]:
             drop_corrupt(shard, "generation cache shard", e)
             continue
         found.update((g.problem_id, g) for g in gens)
+        if made_by is not None:
+            backend = data.get("backend", "unknown") if isinstance(data, dict) else "unknown"
+            made_by.update((g.problem_id, str(backend)) for g in gens)
     return found
 
 
@@ -302,22 +379,26 @@ def _warn_if_checkpoint_changed(root: Path, key: str, meta: dict[str, Any]) -> N
 def generate(spec: ModelSpec, problems: Sequence[Problem], *, dataset: str, model: Any = None,
              tokenizer: Any = None, batch_size: int = 8, max_new_tokens: int | None = None,
              device: str = "cpu", dtype: str = "float32", backend: str = "hf", cache: bool = True,
-             progress: bool = True, device_map: str | None = None, max_memory: str | None = None) -> GenerationRun:
+             progress: bool = True, device_map: str | None = None, max_memory: str | None = None,
+             token_budget: int | None = None) -> GenerationRun:
     """Greedy answers of ``spec``'s model to ``problems`` (cached; see the module docstring).
 
     ``model``/``tokenizer`` may be passed already loaded (they must be ``spec``'s); otherwise they
     are loaded only if some problem is not cached (``device_map``/``max_memory``: spread over
     devices, :func:`eapbench.models.load_model`). ``max_new_tokens`` defaults to
-    ``spec.max_new_tokens``. ``dataset`` names the problem set in the cache key.
+    ``spec.max_new_tokens``. ``dataset`` names the problem set in the cache key. ``backend``:
+    ``hf``, ``vllm`` (a RuntimeError where :func:`vllm_unavailable` says why not) or ``auto``.
+    ``token_budget`` (hf): see :func:`plan_batches`.
     """
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
-    if backend == "vllm" and not _vllm_available():
-        raise RuntimeError("backend='vllm' needs the vllm package and a CUDA GPU; use backend='hf'")
+    if token_budget is not None and token_budget < 1:
+        raise ValueError(f"token_budget must be >= 1 (or None), got {token_budget}")
+    backend = resolve_backend(backend, device)
+    if backend == "vllm" and (why := vllm_unavailable(device)) is not None:
+        raise RuntimeError(f"backend='vllm' needs the vllm package and a CUDA GPU ({why}); use backend='hf'")
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):
         raise ValueError("problem ids must be unique within one generation run")
@@ -325,10 +406,12 @@ def generate(spec: ModelSpec, problems: Sequence[Problem], *, dataset: str, mode
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     tpl = get_template(spec.template)
-    settings = {"max_new_tokens": max_new_tokens, "decoding": "greedy", "dtype": str(dtype), "backend": backend}
+    # The backend is not a setting of the answers (module docstring): each shard records it instead.
+    settings = {"max_new_tokens": max_new_tokens, "decoding": "greedy", "dtype": str(dtype)}
 
     fingerprint: dict[str, Any] = {}
     key, folder, cached = "", None, {}
+    made_by: dict[str, str] = {}
     if cache:
         fingerprint = model_fingerprint(spec)
         meta = {"format": CACHE_FORMAT, "model_path": spec.path, "fingerprint": fingerprint, "dataset": dataset,
@@ -345,14 +428,16 @@ def generate(spec: ModelSpec, problems: Sequence[Problem], *, dataset: str, mode
             _warn_if_checkpoint_changed(root, key, meta)
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write_text(folder / "meta.json", meta_json)
-        cached = _load_shards(folder)
+        cached = _load_shards(folder, made_by)
     usable = {p.id: cached[p.id] for p in problems
               if p.id in cached and cached[p.id].question_hash == _question_hash(p)}
     todo = [p for p in problems if p.id not in usable]
     log.info("%s on %s: %d cached, %d to generate", spec.label, dataset, len(usable), len(todo))
 
     fresh: dict[str, Generation] = {}
+    n_new_tokens, seconds, load_seconds = 0, 0.0, 0.0
     if todo:
+        t_load = time.perf_counter()
         if tokenizer is None:
             tokenizer = load_tokenizer(spec)
         if backend == "hf" and model is None:
@@ -361,59 +446,130 @@ def generate(spec: ModelSpec, problems: Sequence[Problem], *, dataset: str, mode
             model, _ = load_model(spec.path, dtype=dtype, device=device, gguf_file=spec.gguf_file,
                                   revision=spec.revision, device_map=device_map, max_memory=max_memory)
         prompts = tokenize_prompts(tokenizer, tpl, todo)
-        order = sorted(range(len(todo)), key=lambda i: (-len(prompts[i]), todo[i].id))
+        by_id = sorted(range(len(todo)), key=lambda i: todo[i].id)  # ties in length: by problem id
         bar = tqdm(total=len(todo), desc=f"generate {spec.label} on {dataset}", disable=not progress, unit="problem")
         if backend == "vllm":
-            runner = _VllmRunner(spec, dtype, max_new_tokens)
             eos = eos_token_ids(None, tokenizer, spec)
+            runner = _VllmRunner(spec, dtype, max_new_tokens, eos)
+            plan = plan_batches([len(prompts[i]) for i in by_id], batch_size=VLLM_CHUNK,
+                                max_new_tokens=max_new_tokens)
         else:
             runner = None
             eos = eos_token_ids(model, tokenizer)
+            plan = plan_batches([len(prompts[i]) for i in by_id], batch_size=batch_size,
+                                max_new_tokens=max_new_tokens, token_budget=token_budget)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            batch_prompts = [prompts[i] for i in idx]
-            if runner is None:
-                outs = greedy_generate(model, batch_prompts, max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad_id)
-            else:
-                outs = runner(batch_prompts, eos)
-            batch = []
-            for i, (answer, finished) in zip(idx, outs):
-                p = todo[i]
-                g = Generation(problem_id=p.id, prompt_ids=tuple(prompts[i]), answer_ids=answer,
-                               text=tokenizer.decode(list(answer), skip_special_tokens=True), finished=finished,
-                               question_hash=_question_hash(p))
-                fresh[p.id] = g
-                batch.append(g)
-            if folder is not None:
-                shard = folder / f"part-{stable_hash([g.problem_id for g in batch], 16)}.json"
-                atomic_write_text(shard, json.dumps({"batch_size": batch_size, "device": str(device),
-                                                     "generations": [g.to_dict() for g in batch]}))
-            bar.update(len(idx))
-        bar.close()
+        load_seconds = time.perf_counter() - t_load
+        t_decode = time.perf_counter()
+        try:
+            for rows in plan:
+                idx = [by_id[r] for r in rows]
+                batch_prompts = [prompts[i] for i in idx]
+                if runner is None:
+                    outs = greedy_generate(model, batch_prompts, max_new_tokens=max_new_tokens, eos_ids=eos,
+                                           pad_id=pad_id)
+                else:
+                    outs = runner(batch_prompts)
+                batch = []
+                for i, (answer, finished) in zip(idx, outs):
+                    p = todo[i]
+                    g = Generation(problem_id=p.id, prompt_ids=tuple(prompts[i]), answer_ids=answer,
+                                   text=tokenizer.decode(list(answer), skip_special_tokens=True),
+                                   finished=finished, question_hash=_question_hash(p))
+                    fresh[p.id] = g
+                    n_new_tokens += len(answer) + bool(finished)
+                    batch.append(g)
+                if folder is not None:
+                    shard = folder / f"part-{stable_hash([g.problem_id for g in batch], 16)}.json"
+                    atomic_write_text(shard, json.dumps({"batch_size": len(batch), "max_batch_size": batch_size,
+                                                         "token_budget": token_budget, "backend": backend,
+                                                         "device": str(device),
+                                                         "generations": [g.to_dict() for g in batch]}))
+                bar.update(len(idx))
+        finally:
+            seconds = time.perf_counter() - t_decode
+            if runner is not None:
+                runner.close()
+            bar.close()
+        log.info("%s on %s: decoded %d tokens in %.1f s with %s (%.1f tokens/s)", spec.label, dataset, n_new_tokens,
+                 seconds, backend, n_new_tokens / seconds if seconds > 0 else 0.0)
 
     gens = tuple(usable[p.id] if p.id in usable else fresh[p.id] for p in problems)
+    backends: dict[str, int] = {}
+    for p in problems:
+        b = made_by.get(p.id, "unknown") if p.id in usable else backend
+        backends[b] = backends.get(b, 0) + 1
     return GenerationRun(model=spec.label, key=key, fingerprint=fingerprint, settings=settings, generations=gens,
                          n_generated=len(fresh), n_cached=len(usable),
-                         cache_path=str(folder) if folder is not None else None)
+                         cache_path=str(folder) if folder is not None else None, backend=backend,
+                         backends=backends, n_new_tokens=n_new_tokens, seconds=seconds, load_seconds=load_seconds)
 
 
 class _VllmRunner:
-    """Greedy decoding with vLLM (GPU only; not exercised by the test suite)."""
+    """Greedy decoding with vLLM (GPU only; faked in the test suite).
 
-    def __init__(self, spec: ModelSpec, dtype: str, max_new_tokens: int) -> None:
+    The same prompt token ids as ``transformers`` (``{"prompt_token_ids": ...}``, vLLM's
+    ``TokensPrompt``), ``temperature=0`` (greedy), ``max_tokens=max_new_tokens``, stopping at the
+    same EOS ids (``stop_token_ids``); the checkpoint's ``generation_config.json`` is not applied
+    (``generation_config="vllm"`` where vLLM's default is ``"auto"``), so it cannot change the
+    sampling settings or cap ``max_tokens``. :meth:`close` shuts the engine down, so that the next model
+    (and the attribution after generation) gets the GPU memory back.
+    """
+
+    def __init__(self, spec: ModelSpec, dtype: str, max_new_tokens: int, eos_ids: Sequence[int]) -> None:
+        import dataclasses
+
         import vllm
 
-        kw = {"revision": spec.revision} if spec.revision else {}
+        kw: dict[str, Any] = {"revision": spec.revision} if spec.revision else {}
         path = os.path.join(spec.path, spec.gguf_file) if spec.gguf_file else spec.path
+        if spec.gguf_file:
+            kw["tokenizer"] = spec.path  # vLLM reads a GGUF's tokenizer from the folder's tokenizer files
+        engine_args = getattr(vllm, "EngineArgs", None)
+        defaults = ({f.name: f.default for f in dataclasses.fields(engine_args)}
+                    if dataclasses.is_dataclass(engine_args) else {})
+        # vLLMs that apply the checkpoint's generation_config.json by default ("auto") also know "vllm":
+        # their neutral defaults. (Older ones, default None, apply no generation config at all.)
+        if defaults.get("generation_config") == "auto":
+            kw["generation_config"] = "vllm"
+        self.eos = set(int(i) for i in eos_ids)
         self.llm = vllm.LLM(model=path, dtype=str(dtype), seed=0, **kw)
-        self.params = vllm.SamplingParams(temperature=0.0, max_tokens=max_new_tokens, n=1)
+        params = dict(temperature=0.0, max_tokens=max_new_tokens, n=1, stop_token_ids=sorted(self.eos))
+        try:
+            self.params = vllm.SamplingParams(**params, detokenize=False)  # answers are decoded here, once
+        except TypeError:  # a vLLM without the detokenize option
+            self.params = vllm.SamplingParams(**params)
 
-    def __call__(self, prompts: Sequence[Sequence[int]], eos_ids: Sequence[int]) -> list[tuple[tuple[int, ...], bool]]:
+    def __call__(self, prompts: Sequence[Sequence[int]]) -> list[tuple[tuple[int, ...], bool]]:
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], self.params, use_tqdm=False)
-        eos = set(eos_ids)
         results = []
-        for o in outs:
-            answer, hit_eos = _cut_at_eos(list(o.outputs[0].token_ids), eos)
+        for o in outs:  # in the order of the prompts
+            answer, hit_eos = _cut_at_eos(list(o.outputs[0].token_ids), self.eos)
             results.append((answer, hit_eos or o.outputs[0].finish_reason == "stop"))
         return results
+
+    def close(self) -> None:
+        """Shut the engine down and free its GPU memory (best effort: vLLM versions differ here)."""
+        import gc
+
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        try:
+            if hasattr(llm, "shutdown"):
+                llm.shutdown()
+            else:
+                core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+                if core is not None and hasattr(core, "shutdown"):
+                    core.shutdown()
+        except Exception as e:  # the engine is dropped below anyway
+            log.warning("vLLM engine shutdown failed (%s: %s); relying on garbage collection", type(e).__name__, e)
+        del llm
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception as e:
+            log.debug("empty_cache after vLLM failed: %s", e)

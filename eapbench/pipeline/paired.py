@@ -91,14 +91,16 @@ def prepare_pair(base: ModelSpec, tuned: ModelSpec, dataset: str, alphas: Sequen
                  allow_tokenizer_mismatch: bool = False, cache: bool = True,
                  data_dir: str | os.PathLike | None = None, source: str | None = None, backend: str = "hf",
                  progress: bool = True, device_map: str | None = None,
-                 max_memory: str | None = None) -> dict[float, PairedSelection]:
+                 max_memory: str | None = None, gen_token_budget: int | None = None) -> dict[float, PairedSelection]:
     """The pair's attribution inputs per α (SPEC §4), with a report of every count.
 
     ``limit`` keeps the first problems of the dataset; ``source``/``data_dir`` choose where the
     dataset comes from (:func:`eapbench.data.load_dataset`). Each model decodes at most
     ``spec.max_new_tokens`` tokens with its own template; answers are graded with the template's
-    marker. Raises :class:`TokenizerMismatchError` for a pair with different tokenizers (unless
-    ``allow_tokenizer_mismatch``) and :class:`eapbench.selection.EmptySelectionError` when a step
+    marker. ``backend`` (hf, vllm, auto) and ``gen_token_budget`` (hf batches packed by length under
+    it): :func:`eapbench.pipeline.generate.generate`; each side's backend, decoded tokens, seconds
+    and tokens/s go into the report's ``generation`` entry. Raises :class:`TokenizerMismatchError`
+    for a pair with different tokenizers (unless ``allow_tokenizer_mismatch``) and :class:`eapbench.selection.EmptySelectionError` when a step
     leaves no problem.
     """
     config = SelectionConfig(n_samples=n_samples, seed=seed, beta=beta, gamma=gamma, delta=delta)
@@ -113,7 +115,7 @@ def prepare_pair(base: ModelSpec, tuned: ModelSpec, dataset: str, alphas: Sequen
     for spec, tok in zip((base, tuned), tokenizers):
         run = generate(spec, problems, dataset=dataset, tokenizer=tok, batch_size=batch_size, device=device,
                        dtype=dtype, backend=backend, cache=cache, progress=progress, device_map=device_map,
-                       max_memory=max_memory)
+                       max_memory=max_memory, token_budget=gen_token_budget)
         answers = grade_run(run, problems, marker=get_template(spec.template).marker)
         log.info("%s on %s: %d/%d correct (%d newly generated, %d cached)", spec.label, dataset,
                  sum(a.correct for a in answers), len(answers), run.n_generated, run.n_cached)
@@ -126,7 +128,8 @@ def prepare_pair(base: ModelSpec, tuned: ModelSpec, dataset: str, alphas: Sequen
         "dataset": data.to_dict(),
         "generation": {
             side: {"key": r.key, "settings": r.settings, "n_generated": r.n_generated, "n_cached": r.n_cached,
-                   "fingerprint": r.fingerprint, "unfinished": sum(not g.finished for g in r.generations)}
+                   "fingerprint": r.fingerprint, "unfinished": sum(not g.finished for g in r.generations),
+                   "batch_size": batch_size, "token_budget": gen_token_budget, **r.stats()}
             for side, r in zip(("base", "tuned"), runs)},
         "tokenizer_differences": diffs,
     }

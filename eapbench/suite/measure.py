@@ -65,7 +65,7 @@ def _measure(pair: PairSpec, dataset: str, alphas: Sequence[float], cfg: RunConf
             beta=cfg.beta, gamma=cfg.gamma, delta=cfg.delta, limit=cfg.limit_for(pair), device=cfg.device,
             dtype=dtype, batch_size=cfg.gen_batch_for(pair), allow_tokenizer_mismatch=pair.allow_tokenizer_mismatch,
             cache=True, data_dir=cfg.data_dir, progress=cfg.progress, device_map=cfg.device_map,
-            max_memory=cfg.max_memory)
+            max_memory=cfg.max_memory, backend=cfg.backend, gen_token_budget=cfg.gen_token_budget)
     except EmptySelectionError as exc:  # a real outcome (e.g. no problem both models solve): reported
         log.warning("%s on %s: %s", pair.id, dataset, exc)
         report = exc.report.to_dict()
@@ -76,6 +76,7 @@ def _measure(pair: PairSpec, dataset: str, alphas: Sequence[float], cfg: RunConf
     scores: dict[tuple[str, float], Any] = {}
     t_attr = {}
     resume_dirs: list[Path] = []  # attribution batches saved as they finish: an interrupted run resumes
+    plans: dict[tuple[str, float], dict] = {}  # how each side's samples were batched (memory planning)
     for side, spec in (("base", r.base), ("tuned", r.tuned)):
         t1 = time.perf_counter()
         model, tok = load_model(spec.path, dtype=dtype, device=cfg.device, gguf_file=spec.gguf_file,
@@ -89,9 +90,12 @@ def _measure(pair: PairSpec, dataset: str, alphas: Sequence[float], cfg: RunConf
                 continue
             resume = resume_dir(spec, inputs, graph, dtype, cfg)
             resume_dirs.append(resume)
+            budget = cfg.memory_budget or ("auto" if cfg.device.startswith("cuda") else None)
             scores[(side, a)] = score_inputs(model, inputs, pad_token_id=pad, graph=graph,
                                              batch_size=cfg.batch_size, progress=cfg.progress,
-                                             resume_dir=resume, cache_key=resume.name)
+                                             resume_dir=resume, cache_key=resume.name, memory_budget=budget,
+                                             checkpointing="auto" if budget else False)
+            plans[(side, a)] = scores[(side, a)].meta["plan"]
         del model
         if cfg.device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -105,6 +109,8 @@ def _measure(pair: PairSpec, dataset: str, alphas: Sequence[float], cfg: RunConf
         prov = provenance(cfg.device, dtype,
                           models={s: model_provenance(m) for s, m in (("base", pair.base), ("tuned", pair.tuned))},
                           placement={"device_map": cfg.device_map, "max_memory": cfg.max_memory},
+                          generation=generation_stats(selections[a].report.extra),
+                          attribution_plan={side: plans.get((side, a)) for side in ("base", "tuned")},
                           seconds={"prepare_all_alphas": round(t_prepare, 2),
                                    "attribution_all_alphas": {k: round(v, 2) for k, v in t_attr.items()},
                                    "bootstrap": round(t_stats, 2)})
@@ -113,6 +119,17 @@ def _measure(pair: PairSpec, dataset: str, alphas: Sequence[float], cfg: RunConf
     for folder in resume_dirs:
         shutil.rmtree(folder, ignore_errors=True)
     return out
+
+
+GENERATION_STATS = ("backend", "backends", "n_generated", "n_cached", "n_new_tokens", "seconds", "load_seconds",
+                    "tokens_per_s", "batch_size", "token_budget")
+
+
+def generation_stats(report_extra: dict) -> dict:
+    """Per side, how its answers were generated in this run: backend (and which backend made the cached
+    ones), tokens decoded (cached answers count 0), decoding seconds, tokens/s, batching."""
+    gen = report_extra.get("generation") or {}
+    return {side: {k: v.get(k) for k in GENERATION_STATS} for side, v in gen.items() if isinstance(v, dict)}
 
 
 def resume_dir(spec, inputs, graph, dtype: str, cfg: RunConfig) -> Path:

@@ -29,8 +29,15 @@ class RunConfig:
     bootstrap_seed: int = 0
     confidence: float = 0.95
     bins: int = 100
-    batch_size: int = 8  # attribution batch
+    batch_size: int = 8  # attribution batch (with a memory budget: the most per batch)
+    # Attribution batches packed by length under this budget ("40GiB", "auto" = 90% of free device memory),
+    # checkpointing where one sample needs it; None: fixed batches on CPU, "auto" on CUDA.
+    memory_budget: str | None = None
     gen_batch_size: int | None = None  # generation batch (None: each pair's own)
+    # hf generation batches packed by length under rows x (longest prompt + max_new_tokens) <= this many
+    # tokens (bounds a batch's KV cache); None: batches of gen_batch_size. Batch composition can move
+    # greedy near-ties (padding), so it is part of the key, like gen_batch_size.
+    gen_token_budget: int | None = None
     limit: int | None = None  # at most this many dataset problems (None: each pair's own, else all)
     data_dir: str | None = None
     threads: int | None = 1  # torch CPU threads while measuring (None: leave torch's setting); recorded
@@ -39,6 +46,10 @@ class RunConfig:
     # so not part of a measurement's key; recorded in its provenance.
     device_map: str | None = None
     max_memory: str | None = None
+    # Generation backend, resolved (hf | vllm; eapbench.suite.options.check_backend): generations are
+    # cached under one key for both backends (eapbench.pipeline.generate), so not part of a measurement's
+    # key either; each side's backend and tokens/s are recorded in its provenance.
+    backend: str = "hf"
 
     def dtype_for(self, pair: PairSpec) -> str:
         return self.dtype or pair.dtype
@@ -51,7 +62,7 @@ class RunConfig:
 
     def key_dict(self, pair: PairSpec) -> dict[str, Any]:
         d = asdict(self)
-        for placement_only in ("progress", "device_map", "max_memory"):
+        for placement_only in ("progress", "device_map", "max_memory", "backend"):
             d.pop(placement_only)
         d.update(dtype=self.dtype_for(pair), limit=self.limit_for(pair), gen_batch_size=self.gen_batch_for(pair))
         return d

@@ -149,6 +149,19 @@ def check_run_options(*, device: str, n_samples: Any, n_resamples: Any, batch_si
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
+def check_memory_budget(flag: str, value: str | None) -> str | None:
+    """``auto`` or a size (``40GiB``, ``500MB``); None leaves batching as it is."""
+    if value is None or str(value).strip().lower() == "auto":
+        return value
+    from ..engine.planning import parse_bytes
+
+    try:
+        parse_bytes(value)
+    except ValueError as exc:
+        raise OptionError(f"{flag} {value}: {exc}") from None
+    return value
+
+
 def check_placement(device_map: str | None, max_memory: str | None) -> None:
     """``--device-map`` (accelerate's strategies) and ``--max-memory`` (DEV=SIZE pairs, only with a map)."""
     if device_map is not None and device_map not in DEVICE_MAPS:
@@ -163,6 +176,42 @@ def check_placement(device_map: str | None, max_memory: str | None) -> None:
             parse_max_memory(max_memory)
         except ValueError as exc:
             raise OptionError(f"--max-memory {exc}") from None
+
+
+BACKENDS = ("hf", "vllm", "auto")
+
+
+def check_backend(flag: str, value: str | None, device: str) -> str:
+    """The generation backend this run uses, resolved: ``hf`` or ``vllm``.
+
+    ``vllm`` where it cannot run (not installed, not a CUDA device, no GPU visible) is an error,
+    never a silent fall back to hf; ``auto`` is vLLM where it can run, else hf. ``cuda:N`` with
+    N > 0 is refused for vLLM (it places the model itself; pick the GPU with CUDA_VISIBLE_DEVICES).
+    """
+    from ..pipeline import generate as G
+
+    value = "hf" if value is None else str(value).strip().lower()
+    if value not in BACKENDS:
+        raise OptionError(f"{flag} {value}: unknown generation backend; use one of {', '.join(BACKENDS)}")
+    if value == "hf":
+        return "hf"
+    why = G.vllm_unavailable(device)
+    if value == "auto":
+        return "hf" if why else "vllm"
+    if why:
+        raise OptionError(f"{flag} vllm: {why}; use {flag} hf (or auto: vLLM where it can run, else hf)")
+    m = DEVICE_RE.fullmatch(str(device).strip())
+    if m and m.group(2) not in (None, "0"):
+        raise OptionError(f"{flag} vllm: vLLM places the model on the first visible GPU, not on --device {device}; "
+                          f"run with CUDA_VISIBLE_DEVICES={m.group(2)} and --device cuda")
+    return "vllm"
+
+
+def check_gen_token_budget(flag: str, value: Any) -> int | None:
+    """Tokens per generation batch (rows x (longest prompt + max new tokens)); None: batches by count only."""
+    return check_int(flag, value, optional=True,
+                     fix="tokens per generation batch, rows x (longest prompt + max new tokens), e.g. 65536; "
+                         "omit it to batch by --gen-batch-size alone")
 
 
 # --------------------------------------------------------------------------- models

@@ -132,3 +132,70 @@ def test_attribute_vs_plain_pass(benchmark, smollm2, T, B):
           f"{row['bound_s']:.2f}s {row['bound_peak_mb']:.0f}MB | attribute {row['eap_s']:.2f}s "
           f"{row['eap_peak_mb']:.0f}MB | vs plain: time x{row['time_vs_plain']:.2f} memory "
           f"x{row['mem_vs_plain']:.2f} | vs bound: time x{row['time_vs_bound']:.2f} memory x{row['mem_vs_bound']:.2f}")
+
+
+# --- issue 14 item 6: attribute() against the bound on a reduced-layer 7B-shaped model, bf16, CPU -----------
+SEVEN_B_LAYERS = 4  # Llama-3-8B shapes (d 4096, GQA 32/8, MLP 14336, vocab 128256): ~3.8 GB of bf16 weights
+
+
+@pytest.fixture(scope="module")
+def llama3_8b_shaped():
+    """A random-init Llama-3-8B-shaped model cut to SEVEN_B_LAYERS layers, bf16, frozen, on CPU."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
+                         vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192,
+                         tie_word_embeddings=False, num_hidden_layers=SEVEN_B_LAYERS, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()  # built in bf16: no fp32 copy
+    model.requires_grad_(False)
+    return model
+
+
+@pytest.mark.parametrize("T", [1024, 2048])
+def test_attribute_vs_bound_7b_shape(benchmark, llama3_8b_shaped, T):
+    """Targets (a benchmark, not a timed test): attribute() <= 1.3x the bound in time and <= 1.1x in
+    peak memory at T >= 1024; both ratios come from one run, bound and attribute() alternating. The
+    estimate_memory prediction for both is printed alongside (the bound has no source buffer and no
+    residual copy: 3·e·n·d bytes per layer less, e·n·d for the input slot)."""
+    from eapbench.engine.memory import memory_breakdown
+
+    model = llama3_8b_shaped
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the SmolLM2 rows above: steady on a shared CPU
+    try:
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, model.config.vocab_size, (1, T), generator=g)
+        mask = torch.zeros(1, T, dtype=torch.bool)
+        mask[:, T // 2:] = True
+        graph = ResidualGraph.from_model(model)
+        attribute(model, ids[:, :64], mask[:, T // 2 - 32:T // 2 + 32], graph=graph)  # warm-up, not counted
+        cpu = torch.device("cpu")
+
+        def timed(fn):
+            t0 = time.perf_counter()
+            with PeakMemory(cpu) as pm:
+                fn()
+            return time.perf_counter() - t0, pm.peak
+
+        runs = {"bound": [], "eap": []}
+        for _ in range(2):
+            runs["bound"].append(timed(lambda: bound_step(model, ids, mask)))
+            runs["eap"].append(timed(lambda: attribute(model, ids, mask, graph=graph)))
+        benchmark.group = f"7B-shaped L={SEVEN_B_LAYERS} bf16 T={T}"
+        benchmark.pedantic(lambda: attribute(model, ids, mask, graph=graph), rounds=1, iterations=1)
+    finally:
+        torch.set_num_threads(threads)
+    est = memory_breakdown(model.config, seq_len=T, dtype="bfloat16", device="cpu", n_targets=T - T // 2)
+    d, e = model.config.hidden_size, 2
+    est_bound = est["total"] - SEVEN_B_LAYERS * 3 * e * T * d - e * T * d  # less the buffer and residual copies
+    row = {"T": T, "layers": SEVEN_B_LAYERS, **{f"{k}_s": statistics.median(t for t, _ in v) for k, v in runs.items()},
+           **{f"{k}_peak_mb": max(m for _, m in v) / 2**20 for k, v in runs.items()},
+           "eap_estimate_mb": est["total"] / 2**20, "bound_estimate_mb": est_bound / 2**20}
+    row["time_vs_bound"] = row["eap_s"] / row["bound_s"]
+    row["mem_vs_bound"] = row["eap_peak_mb"] / row["bound_peak_mb"]
+    benchmark.extra_info.update(row)
+    print(f"\n7B-shaped L={SEVEN_B_LAYERS} bf16 T={T}: bound {row['bound_s']:.1f}s {row['bound_peak_mb']:.0f}MB | "
+          f"attribute {row['eap_s']:.1f}s {row['eap_peak_mb']:.0f}MB | vs bound: time x{row['time_vs_bound']:.2f} "
+          f"memory x{row['mem_vs_bound']:.2f} | estimate: bound {row['bound_estimate_mb']:.0f}MB attribute "
+          f"{row['eap_estimate_mb']:.0f}MB (x{est['total'] / est_bound:.2f})")

@@ -263,3 +263,157 @@ def test_duplicate_problem_ids_rejected(model_dir):
 def test_generation_round_trips_through_dict():
     g = Generation("p", (1, 2), (3,), "x", False, "h")
     assert Generation.from_dict(g.to_dict()) == g
+
+
+# ---------------------------------------------------------------- issue 14.3: token budget, tokens/s, backends
+
+def test_plan_batches_packs_by_length_under_the_budget():
+    lengths = [5, 30, 12, 30, 7, 18, 3, 25]
+    # no budget: today's batches, consecutive slices of the longest-first order (ties: caller's order)
+    assert gen.plan_batches(lengths, batch_size=3, max_new_tokens=10) == [[1, 3, 7], [5, 2, 4], [0, 6]]
+    plan = gen.plan_batches(lengths, batch_size=3, max_new_tokens=10, token_budget=90)
+    assert sorted(i for b in plan for i in b) == list(range(len(lengths)))
+    flat = [i for b in plan for i in b]
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)  # still longest first
+    for b in plan:
+        assert len(b) <= 3  # the batch size stays an upper bound
+        assert len(b) * (lengths[b[0]] + 10) <= 90 and lengths[b[0]] == max(lengths[i] for i in b)
+    assert plan == [[1, 3], [7, 5], [2, 4, 0], [6]]
+    # a prompt that alone exceeds the budget gets a batch of its own
+    assert gen.plan_batches([50, 2], batch_size=4, max_new_tokens=10, token_budget=20) == [[0], [1]]
+
+
+def test_budgeted_batches_give_the_one_by_one_answers_on_a_zoo_model():
+    """Greedy answers do not depend on the batching: packed under a token budget (batches of mixed
+    sizes, left padding) they equal the answers decoded one problem at a time."""
+    from eapbench.pipeline.data import load_dataset
+    from eapbench.zoo import checkpoint_path
+
+    s = ModelSpec(str(checkpoint_path("sft")), "mini", max_new_tokens=40)
+    probs = list(load_dataset("synthetic", limit=24).problems)
+    one = generate(s, probs, dataset="synthetic", batch_size=1, cache=False, progress=False)
+    lengths = [len(g.prompt_ids) for g in one.generations]
+    budget = 6 * (min(lengths) + 40)  # six of the shortest prompts per batch, fewer of the longest
+    packed = generate(s, probs, dataset="synthetic", batch_size=16, token_budget=budget, cache=False, progress=False)
+    plan = gen.plan_batches(lengths, batch_size=16, max_new_tokens=40, token_budget=budget)
+    assert len({len(b) for b in plan}) > 1 and max(len(b) for b in plan) > 4  # really packed, really mixed
+    assert [g.answer_ids for g in packed.generations] == [g.answer_ids for g in one.generations]
+    assert packed.generations == one.generations
+
+
+def test_run_reports_decoded_tokens_seconds_and_backends(model_dir):
+    run = generate(spec(model_dir), problems(), dataset="toy", batch_size=4, progress=False)
+    assert run.n_new_tokens == sum(len(g.answer_ids) + g.finished for g in run.generations) == 21
+    assert run.seconds > 0 and run.tokens_per_s == pytest.approx(21 / run.seconds, rel=1e-2)
+    assert run.backend == "hf" and run.backends == {"hf": 6}
+    assert run.stats()["n_new_tokens"] == 21 and run.stats()["backend"] == "hf"
+    again = generate(spec(model_dir), problems(), dataset="toy", batch_size=4, progress=False)
+    assert (again.n_new_tokens, again.tokens_per_s, again.backends) == (0, None, {"hf": 6})  # cached: 0 decoded
+
+
+def test_token_budget_is_checked(model_dir):
+    with pytest.raises(ValueError, match="token_budget must be >= 1"):
+        generate(spec(model_dir), problems(), dataset="toy", token_budget=0, progress=False)
+
+
+class FakeVllmRunner:
+    """Stands in for vLLM: greedy decoding with transformers, recording what it was given."""
+
+    made: list = []
+
+    def __init__(self, spec, dtype, max_new_tokens, eos_ids):
+        from eapbench.models import load_model
+
+        self.model, _ = load_model(spec.path, dtype=dtype, device="cpu")
+        self.max_new_tokens, self.eos, self.calls, self.closed = max_new_tokens, list(eos_ids), [], False
+        FakeVllmRunner.made.append(self)
+
+    def __call__(self, prompts):
+        self.calls.append([list(p) for p in prompts])
+        return greedy_generate(self.model, prompts, max_new_tokens=self.max_new_tokens, eos_ids=self.eos, pad_id=0)
+
+    def close(self):
+        self.closed = True
+
+
+def test_vllm_backend_shares_the_cache_key_and_records_itself(model_dir, monkeypatch):
+    """backend='vllm' (faked): same key, prompts, greedy settings and answers as hf; the shards and the
+    run say which backend made each answer; an hf run afterwards reuses them without loading a model."""
+    monkeypatch.setattr(gen, "vllm_unavailable", lambda device="cuda": None)
+    monkeypatch.setattr(gen, "_VllmRunner", FakeVllmRunner)
+    FakeVllmRunner.made = []
+    hf = generate(spec(model_dir), problems(), dataset="toy", batch_size=2, cache=False, progress=False)
+    v = generate(spec(model_dir), problems(), dataset="toy", batch_size=2, device="cuda", backend="vllm",
+                 progress=False)
+    (runner,) = FakeVllmRunner.made
+    assert len(runner.calls) == 1 and len(runner.calls[0]) == 6  # one chunk: vLLM schedules it itself
+    assert sorted(map(tuple, runner.calls[0])) == sorted(g.prompt_ids for g in hf.generations)  # same prompts
+    assert runner.closed and runner.max_new_tokens == 6
+    assert v.generations == hf.generations and v.backend == "vllm" and v.backends == {"vllm": 6}
+    assert v.settings == {"max_new_tokens": 6, "decoding": "greedy", "dtype": "float32"}  # no backend in the key
+    import json
+    from pathlib import Path
+
+    assert {json.loads(f.read_text())["backend"] for f in Path(v.cache_path).glob("part-*.json")} == {"vllm"}
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded although every answer was cached")
+
+    monkeypatch.setattr("eapbench.models.load_model", no_model)
+    again = generate(spec(model_dir), problems(), dataset="toy", progress=False)  # hf, same key
+    assert again.key == v.key and (again.n_cached, again.n_new_tokens) == (6, 0)
+    assert again.backend == "hf" and again.backends == {"vllm": 6}
+
+
+def test_auto_backend_picks_vllm_only_where_it_can_run(monkeypatch):
+    assert gen.resolve_backend("hf") == "hf" and gen.resolve_backend("vllm", "cpu") == "vllm"
+    assert gen.vllm_unavailable("cpu") == "vLLM runs on CUDA GPUs only and this run's device is cpu"
+    assert gen.resolve_backend("auto", "cpu") == "hf"
+    monkeypatch.setattr(gen, "vllm_unavailable", lambda device="cuda": None)
+    assert gen.resolve_backend("auto", "cuda") == "vllm"
+    with pytest.raises(ValueError, match="unknown backend 'tgi'"):
+        gen.resolve_backend("tgi")
+
+
+def test_vllm_runner_calls_vllm_as_documented(monkeypatch):
+    """The real _VllmRunner against a stand-in ``vllm`` module: LLM(model, dtype, seed, generation_config=
+    'vllm'), SamplingParams(temperature=0, max_tokens, n=1, stop_token_ids=EOS ids), prompts as
+    {'prompt_token_ids': ...} (vLLM's TokensPrompt), answers cut at EOS, the engine shut down on close."""
+    import dataclasses
+    import sys
+    import types
+
+    seen = {}
+
+    @dataclasses.dataclass
+    class EngineArgs:
+        model: str = ""
+        generation_config: str = "auto"
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            seen["params"] = kw
+
+    class LLM:
+        def __init__(self, **kw):
+            seen["llm"] = kw
+
+        def generate(self, prompts, params, use_tqdm=True):
+            seen["prompts"] = prompts
+            out = lambda ids, why: types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=ids, finish_reason=why)])
+            return [out([5, 6, 2], "stop"), out([7, 7, 7], "length")]
+
+        def shutdown(self):
+            seen["shutdown"] = True
+
+    fake = types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams, EngineArgs=EngineArgs)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    r = gen._VllmRunner(ModelSpec("/m", "mini", revision="abc"), "bfloat16", 3, [2, 9])
+    assert seen["llm"] == {"model": "/m", "dtype": "bfloat16", "seed": 0, "revision": "abc",
+                           "generation_config": "vllm"}
+    assert seen["params"] == {"temperature": 0.0, "max_tokens": 3, "n": 1, "stop_token_ids": [2, 9],
+                              "detokenize": False}
+    assert r([[1, 2], [3]]) == [((5, 6), True), ((7, 7, 7), False)]
+    assert seen["prompts"] == [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [3]}]
+    r.close()
+    assert seen["shutdown"] and r.llm is None

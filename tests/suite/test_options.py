@@ -205,3 +205,43 @@ def test_hub_cached_model_is_found_and_its_weights_checked(tmp_path, monkeypatch
     with pytest.raises(O.OptionError, match=r"--base org/cached: the base model's cached weights are broken: .* "
                                             r"is truncated.*hf download org/cached --force-download"):
         O.check_model("--base", "org/cached", ModelSpec("org/cached", "mini"), side="base")
+
+
+def test_memory_budget_option():
+    assert O.check_memory_budget("--memory-budget", None) is None
+    assert O.check_memory_budget("--memory-budget", "auto") == "auto"
+    assert O.check_memory_budget("--memory-budget", "40GiB") == "40GiB"
+    with pytest.raises(O.OptionError, match="--memory-budget lots: memory budget 'lots': write a size like 40GiB"):
+        O.check_memory_budget("--memory-budget", "lots")
+
+
+def test_backend_vllm_where_it_cannot_run_is_one_clear_error(monkeypatch):
+    """Issue 14.3: --backend vllm never falls back to hf silently; auto picks vLLM only where it runs."""
+    from eapbench.pipeline import generate as G
+
+    assert O.check_backend("--backend", "hf", "cpu") == "hf"
+    assert O.check_backend("--backend", None, "cpu") == "hf"
+    assert O.check_backend("--backend", "auto", "cpu") == "hf"
+    with pytest.raises(O.OptionError, match=r"^--backend vllm: vLLM runs on CUDA GPUs only and this run's device "
+                                            r"is cpu; use --backend hf \(or auto"):
+        O.check_backend("--backend", "vllm", "cpu")
+    with pytest.raises(O.OptionError, match=r"^--backend tgi: unknown generation backend; use one of hf, vllm, auto"):
+        O.check_backend("--backend", "tgi", "cpu")
+    monkeypatch.setattr(G, "vllm_unavailable", lambda device="cuda": "the vllm package is not installed here "
+                                                                      "(`pip install vllm`)")
+    with pytest.raises(O.OptionError, match=r"^--backend vllm: the vllm package is not installed here"):
+        O.check_backend("--backend", "vllm", "cuda")
+    assert O.check_backend("--backend", "auto", "cuda") == "hf"
+    monkeypatch.setattr(G, "vllm_unavailable", lambda device="cuda": None)  # vLLM and a GPU, faked
+    assert O.check_backend("--backend", "vllm", "cuda") == "vllm"
+    assert O.check_backend("--backend", "auto", "cuda:0") == "vllm"
+    with pytest.raises(O.OptionError, match=r"--backend vllm: vLLM places the model on the first visible GPU.*"
+                                            r"CUDA_VISIBLE_DEVICES=1 and --device cuda"):
+        O.check_backend("--backend", "vllm", "cuda:1")
+
+
+def test_gen_token_budget():
+    assert O.check_gen_token_budget("--gen-token-budget", None) is None
+    assert O.check_gen_token_budget("--gen-token-budget", 4096) == 4096
+    with pytest.raises(O.OptionError, match=r"--gen-token-budget 0: must be >= 1; tokens per generation batch"):
+        O.check_gen_token_budget("--gen-token-budget", 0)

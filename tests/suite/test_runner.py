@@ -256,3 +256,31 @@ def test_abandoned_resume_folders_are_pruned(monkeypatch, tmp_path):
         os.utime(f, (past, past))
     assert prune_stale_resume_dirs() == [old]
     assert not old.exists() and (fresh / "batch-x.pt").is_file()
+
+
+def test_generation_backend_and_tokens_per_s_reach_the_provenance(fake, monkeypatch, tmp_path):
+    """Issue 14.3: the run's backend and token budget go to prepare_pair; each side's generation figures
+    (backend, tokens decoded, seconds, tokens/s) are in the measurement's provenance."""
+    import dataclasses
+
+    seen = []
+
+    def prepare(*a, **kw):
+        seen.append(kw)
+        out = fake.prepare_pair(*a, **kw)
+        gen = {side: {"backend": kw["backend"], "backends": {kw["backend"]: 40}, "n_generated": 40, "n_cached": 0,
+                      "n_new_tokens": 900, "seconds": 3.0, "load_seconds": 1.0, "tokens_per_s": 300.0,
+                      "batch_size": kw["batch_size"], "token_budget": kw["gen_token_budget"], "key": "k"}
+               for side in ("base", "tuned")}
+        for sel in out.values():
+            sel.report = dataclasses.replace(sel.report, extra={**sel.report.extra, "generation": gen})
+        return out
+
+    monkeypatch.setattr("eapbench.pipeline.paired.prepare_pair", prepare)
+    cfg = dataclasses.replace(CFG, backend="vllm", gen_token_budget=4096)
+    m = Runner(PAIRS, cfg, cache_root=tmp_path).measure("t-grpo", "synthetic", 0.3)
+    assert seen[0]["backend"] == "vllm" and seen[0]["gen_token_budget"] == 4096
+    g = m.provenance["generation"]
+    assert g["base"]["tokens_per_s"] == 300.0 and g["tuned"]["backend"] == "vllm" and "key" not in g["base"]
+    assert g["base"]["token_budget"] == 4096 and g["base"]["n_new_tokens"] == 900
+    assert "backend" not in m.config and m.config["gen_token_budget"] == 4096  # shared cache: not in the key

@@ -62,7 +62,8 @@ class Config:
                      "--n-samples": 100, "--granularity": "qkv", "--dtype": None, "--n-resamples": 9999,
                      "--batch-size": 8, "--gen-batch-size": None, "--threads": 1, "--limit": None, "--data-dir": None, "--regen-baselines": False,
                      "--report": None, "--no-suite-cache": False, "--regen-variant": False, "--shard": None,
-                     "--device-map": None, "--max-memory": None, **opts}
+                     "--device-map": None, "--max-memory": None, "--memory-budget": None,
+                     "--backend": "hf", "--gen-token-budget": None, **opts}
 
     def getoption(self, name):
         return self.opts[name]
@@ -123,6 +124,19 @@ def test_a_pair_asked_for_by_name_that_cannot_run_is_a_usage_error(tmp_path):
 def test_bad_numbers_are_usage_errors(opts, match):
     with pytest.raises(pytest.UsageError, match=match):
         suite_conftest.build_suite(Config(**opts))
+
+
+def test_backend_option_is_checked_and_reaches_the_run_config(monkeypatch):
+    from eapbench.pipeline import generate as G
+
+    with pytest.raises(pytest.UsageError, match=r"^--backend vllm: vLLM runs on CUDA GPUs only"):
+        suite_conftest.build_suite(Config(**{"--backend": "vllm"}))
+    with pytest.raises(pytest.UsageError, match=r"^--gen-token-budget 0: must be >= 1"):
+        suite_conftest.build_suite(Config(**{"--gen-token-budget": 0}))
+    suite = suite_conftest.build_suite(Config(**{"--backend": "auto", "--gen-token-budget": 2048}))
+    assert suite.runner.config.backend == "hf" and suite.runner.config.gen_token_budget == 2048
+    monkeypatch.setattr(G, "vllm_unavailable", lambda device="cuda": None)  # vLLM and a GPU, faked
+    assert suite_conftest.build_suite(Config(**{"--backend": "vllm"})).runner.config.backend == "vllm"
 
 
 def test_broken_weights_of_a_selected_pair_are_a_usage_error(tmp_path):
