@@ -11,7 +11,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from .measurement import Measurement, RunConfig, counts_of, plain
 from .pairs import PairSpec, model_provenance
@@ -35,48 +35,40 @@ def measure_pair(pair: PairSpec, dataset: str, alphas: Sequence[float], config: 
         torch.set_num_threads(before)
 
 
-def _measure(pair: PairSpec, dataset: str, alphas: Sequence[float], cfg: RunConfig, method_class: str,
-             metric_names: Sequence[str]) -> list[Measurement]:
+def select_inputs(pair: PairSpec, dataset: str, alphas: Sequence[float], cfg: RunConfig):
+    """The pair's paired attribution inputs per α (:func:`eapbench.pipeline.paired.prepare_pair` with
+    this run's settings); raises :class:`~eapbench.pipeline.selection.EmptySelectionError`."""
+    from ..pipeline import paired
+
+    r = pair.resolved()
+    return paired.prepare_pair(
+        r.base, r.tuned, dataset, list(alphas), n_samples=cfg.n_samples, seed=cfg.seed,
+        beta=cfg.beta, gamma=cfg.gamma, delta=cfg.delta, limit=cfg.limit_for(pair), device=cfg.device,
+        dtype=cfg.dtype_for(pair), batch_size=cfg.gen_batch_for(pair),
+        allow_tokenizer_mismatch=pair.allow_tokenizer_mismatch, cache=True, data_dir=cfg.data_dir,
+        progress=cfg.progress, device_map=cfg.device_map, max_memory=cfg.max_memory, backend=cfg.backend,
+        gen_token_budget=cfg.gen_token_budget)
+
+
+def score_pair(pair: PairSpec, selections: Mapping[float, Any], alphas: Sequence[float], cfg: RunConfig
+               ) -> tuple[dict[tuple[str, float], Any], dict[tuple[str, float], dict], dict[str, float], list[Path]]:
+    """Both models' edge scores on their inputs at every α, each model loaded once:
+    ``(scores, plans, seconds, resume_dirs)`` keyed by ``(side, α)`` (scores None for no inputs).
+    Finished batches are saved under ``resume_dirs`` as they finish, so an interrupted run resumes;
+    the caller deletes them once the scores are kept."""
     import torch
 
     from ..engine.attribution import score_inputs
     from ..engine.graph import ResidualGraph
     from ..models import load_model
-    from ..pipeline import paired
-    from ..pipeline.selection import EmptySelectionError
-    from .baselines import provenance
 
     dtype = cfg.dtype_for(pair)
     r = pair.resolved()
-    log.info("measuring %s on %s at alpha %s (%s, %s)", pair.id, dataset, list(alphas), cfg.device, dtype)
-
-    def measurement(a: float, report: dict, prov: dict, metrics: dict, figures: dict | None = None,
-                    extra: dict | None = None) -> Measurement:
-        return Measurement(
-            pair=pair.id, method=pair.method, method_class=method_class, family=pair.family, group=pair.group,
-            dataset=dataset, alpha=float(a), metrics=metrics, selection=report, counts=counts_of(report),
-            config={**cfg.key_dict(pair), "dataset": dataset, "alpha": float(a)}, provenance=prov,
-            figures=figures or {}, extra=extra or {})
-
-    t0 = time.perf_counter()
-    try:
-        selections = paired.prepare_pair(
-            r.base, r.tuned, dataset, list(alphas), n_samples=cfg.n_samples, seed=cfg.seed,
-            beta=cfg.beta, gamma=cfg.gamma, delta=cfg.delta, limit=cfg.limit_for(pair), device=cfg.device,
-            dtype=dtype, batch_size=cfg.gen_batch_for(pair), allow_tokenizer_mismatch=pair.allow_tokenizer_mismatch,
-            cache=True, data_dir=cfg.data_dir, progress=cfg.progress, device_map=cfg.device_map,
-            max_memory=cfg.max_memory, backend=cfg.backend, gen_token_budget=cfg.gen_token_budget)
-    except EmptySelectionError as exc:  # a real outcome (e.g. no problem both models solve): reported
-        log.warning("%s on %s: %s", pair.id, dataset, exc)
-        report = exc.report.to_dict()
-        return [measurement(a, report, provenance(cfg.device, dtype), {}, extra={"empty_selection": str(exc)})
-                for a in alphas]
-    t_prepare = time.perf_counter() - t0
-
     scores: dict[tuple[str, float], Any] = {}
-    t_attr = {}
-    resume_dirs: list[Path] = []  # attribution batches saved as they finish: an interrupted run resumes
     plans: dict[tuple[str, float], dict] = {}  # how each side's samples were batched (memory planning)
+    seconds: dict[str, float] = {}
+    resume_dirs: list[Path] = []
+    budget = cfg.memory_budget or ("auto" if cfg.device.startswith("cuda") else None)
     for side, spec in (("base", r.base), ("tuned", r.tuned)):
         t1 = time.perf_counter()
         model, tok = load_model(spec.path, dtype=dtype, device=cfg.device, gguf_file=spec.gguf_file,
@@ -90,7 +82,6 @@ def _measure(pair: PairSpec, dataset: str, alphas: Sequence[float], cfg: RunConf
                 continue
             resume = resume_dir(spec, inputs, graph, dtype, cfg)
             resume_dirs.append(resume)
-            budget = cfg.memory_budget or ("auto" if cfg.device.startswith("cuda") else None)
             scores[(side, a)] = score_inputs(model, inputs, pad_token_id=pad, graph=graph,
                                              batch_size=cfg.batch_size, progress=cfg.progress,
                                              resume_dir=resume, cache_key=resume.name, memory_budget=budget,
@@ -99,7 +90,36 @@ def _measure(pair: PairSpec, dataset: str, alphas: Sequence[float], cfg: RunConf
         del model
         if cfg.device.startswith("cuda"):
             torch.cuda.empty_cache()
-        t_attr[side] = time.perf_counter() - t1
+        seconds[side] = time.perf_counter() - t1
+    return scores, plans, seconds, resume_dirs
+
+
+def _measure(pair: PairSpec, dataset: str, alphas: Sequence[float], cfg: RunConfig, method_class: str,
+             metric_names: Sequence[str]) -> list[Measurement]:
+    from ..pipeline.selection import EmptySelectionError
+    from .baselines import provenance
+
+    dtype = cfg.dtype_for(pair)
+    log.info("measuring %s on %s at alpha %s (%s, %s)", pair.id, dataset, list(alphas), cfg.device, dtype)
+
+    def measurement(a: float, report: dict, prov: dict, metrics: dict, figures: dict | None = None,
+                    extra: dict | None = None) -> Measurement:
+        return Measurement(
+            pair=pair.id, method=pair.method, method_class=method_class, family=pair.family, group=pair.group,
+            dataset=dataset, alpha=float(a), metrics=metrics, selection=report, counts=counts_of(report),
+            config={**cfg.key_dict(pair), "dataset": dataset, "alpha": float(a)}, provenance=prov,
+            figures=figures or {}, extra=extra or {})
+
+    t0 = time.perf_counter()
+    try:
+        selections = select_inputs(pair, dataset, alphas, cfg)
+    except EmptySelectionError as exc:  # a real outcome (e.g. no problem both models solve): reported
+        log.warning("%s on %s: %s", pair.id, dataset, exc)
+        report = exc.report.to_dict()
+        return [measurement(a, report, provenance(cfg.device, dtype), {}, extra={"empty_selection": str(exc)})
+                for a in alphas]
+    t_prepare = time.perf_counter() - t0
+    scores, plans, t_attr, resume_dirs = score_pair(pair, selections, alphas, cfg)
 
     out = []
     for a in alphas:

@@ -11,18 +11,15 @@ under the same noise.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import pytest
 import torch
 
-from eapbench.engine.attribution import score_inputs
-from eapbench.engine.graph import ResidualGraph
-from eapbench.models import load_model
-from eapbench.pipeline import paired
 from eapbench.suite import baselines as B
 from eapbench.suite import pairs as P
 from eapbench.suite.claims import load_claims
-from eapbench.suite.measure import bootstrap_metrics
+from eapbench.suite.measure import bootstrap_metrics, score_pair, select_inputs
 from eapbench.suite.measurement import RunConfig
 
 NOISE = 1e-5
@@ -34,23 +31,17 @@ CASES = [(p, a) for p in P.group("mini") for a in p.alphas
 
 @pytest.fixture(scope="module")
 def scores():
-    """The edge scores of every stored mini case, computed as the suite computes them."""
+    """The edge scores of every stored mini case, computed by the suite's own steps (one torch thread)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     out = {}
     try:
         for pair in {p.id: p for p, _ in CASES}.values():
-            r = pair.resolved()
-            sel = paired.prepare_pair(r.base, r.tuned, "synthetic", list(pair.alphas), n_samples=CFG.n_samples,
-                                      seed=CFG.seed, beta=CFG.beta, gamma=CFG.gamma, delta=CFG.delta,
-                                      limit=CFG.limit_for(pair), device="cpu", dtype=CFG.dtype_for(pair),
-                                      batch_size=CFG.gen_batch_for(pair), cache=True, progress=False)
-            for side, spec in (("base", r.base), ("tuned", r.tuned)):
-                model, tok = load_model(spec.path, dtype=CFG.dtype_for(pair), device="cpu")
-                graph = ResidualGraph.from_model(model, granularity=CFG.granularity)
-                for a in pair.alphas:
-                    out[(pair.id, a, side)] = score_inputs(model, getattr(sel[a], side), pad_token_id=tok.pad_token_id,
-                                                           graph=graph, batch_size=CFG.batch_size, progress=False)
+            selections = select_inputs(pair, "synthetic", pair.alphas, CFG)
+            scored, _, _, resume_dirs = score_pair(pair, selections, pair.alphas, CFG)
+            for folder in resume_dirs:
+                shutil.rmtree(folder, ignore_errors=True)
+            out.update({(pair.id, a, side): es for (side, a), es in scored.items()})
     finally:
         torch.set_num_threads(before)
     return out
