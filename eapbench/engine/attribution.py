@@ -89,7 +89,6 @@ class _Scorer:
     token_mask: torch.Tensor  # [B, T] 1 at real tokens, 0 at padding (positions summed over)
     scores: torch.Tensor = field(init=False)  # [B, n_src, n_dst] fp32
     outputs: torch.Tensor = field(init=False)  # [B, n_src, T, d] model dtype
-    residuals: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> residual read by attention
     pending: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     attn_norms: dict[int, nn.Module | None] = field(default_factory=dict)  # layer -> norm before q/k/v
     leaf: torch.Tensor | None = None
@@ -151,13 +150,23 @@ class _Scorer:
                 self.flush_layer(layer)
         return hook
 
+    def residual(self, layer: int) -> torch.Tensor:
+        """The residual stream that ``layer``'s attention norm reads, rebuilt from the source buffer: the
+        upstream outputs added in layer order in the model dtype, as the decoder adds them, so it is
+        the same tensor bit for bit (tested) without keeping a copy of it per layer."""
+        k = self.graph.n_upstream(self.graph.attn_dst(layer, QKV[0]))
+        x = self.outputs[:, 0]
+        for i in range(1, k):
+            x = x + self.outputs[:, i]
+        return x
+
     def flush_layer(self, layer: int) -> None:
         got = self.pending.pop(layer, {})
         branches = [b for b in QKV if b in got]
         grads = [got[b] for b in branches]
         norm = self.attn_norms.get(layer)
         if grads and norm is not None:
-            x = self.residuals[layer]
+            x = self.residual(layer)
             with torch.enable_grad():
                 xs = x.detach().unsqueeze(0).expand(len(grads), *x.shape).reshape(-1, *x.shape[1:])
                 xs = xs.clone().requires_grad_(True)
@@ -227,13 +236,7 @@ def attribution_hooks(model: nn.Module, graph: ResidualGraph, scorer: _Scorer) -
                     lambda x, j=graph.attn_dst(l): _private_view(x, scorer.direct_hook(j)))
                 continue
             pre(get_module(layer, spec.mlp_reader), lambda x, l=l: _private_view(x, scorer.layer_hook(l, "m")))
-            norm = get_module(layer, spec.attn_norm) if spec.attn_norm else None
-            scorer.attn_norms[l] = norm
-            if norm is not None:
-                def keep_residual(x: torch.Tensor, l: int = l) -> torch.Tensor:
-                    scorer.residuals[l] = x.detach()
-                    return x
-                pre(norm, keep_residual)
+            scorer.attn_norms[l] = get_module(layer, spec.attn_norm) if spec.attn_norm else None
             for b in QKV:
                 proj = get_module(layer, getattr(spec, f"{b}_proj"))
                 pre(proj, lambda x, l=l, b=b: _private_view(x, scorer.layer_hook(l, b)))

@@ -12,8 +12,6 @@ Kept per decoder layer from its forward until its backward (``layer``):
 - residual norms: RMSNorm upcasts its input to fp32 and autograd keeps that copy:
   2 · 4·nd (pre-norm families: input and post-attention norms; OLMo-2: the post-attention and
   post-feed-forward norms plus the QK-norms on the projections, 4·n·(q_d + kv_d));
-- engine residual copy (qkv granularity, pre-norm): the residual read by q/k/v, kept for the norm's
-  vector-Jacobian product in backward: e·nd (shared with the norm's saved input when e = 4);
 - attention, by kernel:
     flash-style (SDPA flash / memory-efficient on CUDA, SDPA's flash kernel on CPU in torch >= 2.3,
     flash_attention_2): q, k, v, output and the fp32 log-sum-exp: e·n·(2·q_d + 2·kv_d') + 4·B·H·T,
@@ -26,9 +24,12 @@ Kept per decoder layer from its forward until its backward (``layer``):
   3·e·n·F (parameters are frozen, so no linear layer keeps its input);
 - source buffer: the layer's two source outputs a{l}, m{l}, copied into [B, n_src, T, d]: 2·e·nd.
 
-With ``checkpointing=True`` a layer keeps only its input (e·nd, the same tensor as the engine's
-residual copy) and its two source slots (2·e·nd); its activations (``layer_activations``, the terms
-above less the residual copy and the buffer) come back during its recomputation in backward.
+The residual that q/k/v's norm reads is not kept: the engine rebuilds it from the source buffer in
+backward, bit for bit (the upstream outputs added in layer order, as the decoder adds them).
+
+With ``checkpointing=True`` a layer keeps only its input (e·nd) and its two source slots (2·e·nd);
+its activations (``layer_activations``, the terms above less the buffer) come back during its
+recomputation in backward.
 
 Kept for the whole call (``fixed``): embedding output (the autograd leaf) and its source slot 2·e·nd;
 the final norm's fp32 input 4·nd; the attention mask when one is materialised (eager: e·B·T²;
@@ -43,7 +44,8 @@ On top of that, the largest of the transient phases (``transient``):
   layer's destinations stacked (m·e·nd, m = 4 at qkv and 2 at block granularity) and, on CPU for
   bf16/fp16 models, their fp32 copy (4·m·nd) and a few upstream sources cast to fp32
   (4·nd·min(k, max(1, 2^26 // nd)), k = 2L+1 upstream sources); the q/k/v norm VJP at qkv
-  granularity, three fp32 copies of the residual and their gradients (3·(3e + 8)·nd); the MLP
+  granularity, the residual rebuilt from the buffer (a running sum and its next term, 2·e·nd) and
+  three fp32 copies of it and their gradients (3·(3e + 8)·nd); the MLP
   backward's three [n, F] gradients (3·e·n·F) — the largest of these.
 
 Not counted: the weights, the framework's small workspaces, and the allocator's own overhead. The
@@ -149,7 +151,6 @@ def memory_breakdown(config: Any, *, seq_len: int, batch_size: int = 1, dtype: A
 
     # --- kept per layer ---------------------------------------------------------------------
     norms = 2 * 4 * nd + (0 if pre_norm else 4 * n * (q_d + kv_d))
-    residual = e * nd if (pre_norm and granularity == "qkv" and e != 4) else 0
     if kernel == "flash":
         kv_eff = q_d if padded else kv_d
         attn = e * n * (2 * q_d + 2 * kv_eff) + 4 * B * H * T
@@ -160,7 +161,7 @@ def memory_breakdown(config: Any, *, seq_len: int, batch_size: int = 1, dtype: A
     mlp = 3 * e * n * F
     buffer = 2 * e * nd
     activations = norms + attn + mlp
-    layer = e * nd + buffer if checkpointing else activations + residual + buffer
+    layer = e * nd + buffer if checkpointing else activations + buffer
 
     # --- kept for the whole call -------------------------------------------------------------
     mask = e * B * T * T if kernel == "eager" else (B * T * T if padded else 0)
@@ -179,7 +180,7 @@ def memory_breakdown(config: Any, *, seq_len: int, batch_size: int = 1, dtype: A
         "loss": a * V * (N_t + 2 * min(N_t, LOSS_CHUNK)),
         "contraction": contraction(n_src, m),
         "mlp_backward": 3 * e * n * F,
-        "norm_vjp": 3 * (3 * e + 8) * nd if (pre_norm and granularity == "qkv") else 0,
+        "norm_vjp": (2 * e + 3 * (3 * e + 8)) * nd if (pre_norm and granularity == "qkv") else 0,
     }
     if checkpointing:  # a layer's activations come back while it is differentiated
         for k in ("contraction", "mlp_backward", "norm_vjp"):

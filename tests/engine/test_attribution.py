@@ -312,3 +312,35 @@ def test_non_finite_gradient_names_the_sample():
             attribute(model, ids, mask)
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_residual_rebuilt_from_the_buffer_is_the_layer_input_bit_for_bit(monkeypatch, dtype, checkpointing):
+    """The q/k/v norm's backward reads the residual rebuilt from the source buffer (no copy kept per layer):
+    it must be the very tensor the attention norm read in forward, in every family and dtype."""
+    from eapbench.engine import attribution as A
+    from eapbench.engine.architectures import arch_spec, decoder_layers, get_module
+
+    for family in FAMILIES:
+        model = tiny_model(family, n_layers=3, dtype=dtype)
+        spec = arch_spec(model)
+        if not spec.attn_norm:
+            continue
+        seen, checked = {}, []
+        for l, layer in enumerate(decoder_layers(model, spec)):
+            get_module(layer, spec.attn_norm).register_forward_pre_hook(
+                lambda mod, args, l=l: seen.__setitem__(l, args[0].detach().clone()))
+        flush = A._Scorer.flush_layer
+
+        def checking_flush(self, layer):
+            checked.append(torch.equal(self.residual(layer), seen[layer]))
+            return flush(self, layer)
+
+        monkeypatch.setattr(A._Scorer, "flush_layer", checking_flush)
+        ids, mask = random_batch(seq=12, n_targets=5)
+        attn = torch.ones_like(ids)
+        attn[1, 9:] = 0
+        A.attribute(model, ids, mask & attn.bool(), attention_mask=attn, checkpointing=checkpointing)
+        assert checked == [True] * 3, family
+        monkeypatch.undo()
