@@ -39,8 +39,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     suite.addoption("--device", default="cpu", help="torch device for generation and attribution (default cpu)")
     suite.addoption("--dtype", default=None,
                     help="model dtype (default: each pair's own; mini float32, paper/lineages bfloat16)")
-    suite.addoption("--granularity", default="qkv", choices=("qkv", "block"),
-                    help="residual-graph granularity (SPEC §2; default qkv)")
+    suite.addoption("--granularity", default="qkv", choices=("qkv", "block", "head"),
+                    help="residual-graph granularity (SPEC §2; default qkv, the paper's; head: per attention head, "
+                         "as MIB/EAP-IG)")
+    suite.addoption("--method", "--attribution", dest="attribution", default="eap", choices=("eap", "eap-ig"),
+                    help="edge scores: eap (SPEC §3, the paper's one-pass EAP, default) or eap-ig (SPEC §11, "
+                         "integrated gradients from a zero baseline, --ig-steps forward+backward passes)")
+    suite.addoption("--ig-steps", type=int, default=5, help="integrated-gradient steps with --method eap-ig (default 5)")
+    suite.addoption("--robustness", action="store_true", default=False,
+                    help="also measure every case under qkv/EAP, head/EAP and qkv/EAP-IG and report the verdicts "
+                         "side by side (robustness.md); tests/suites/test_robustness.py checks them")
+    suite.addoption("--share-scores", action="store_true", default=False,
+                    help="keep each sample's edge scores under $EAPBENCH_CACHE/scores and reuse them, so a model shared "
+                         "by several pairs is attributed once per sample (reused scores equal a fresh batch's to "
+                         "~1e-6, not to the bit)")
+    suite.addoption("--no-faithfulness", action="store_true", default=False,
+                    help="skip the faithfulness curves (SPEC §11; 20 patched forward passes per model and case)")
     suite.addoption("--batch-size", type=int, default=8, help="attribution batch size (default 8; with "
                     "--memory-budget the most per batch)")
     suite.addoption("--memory-budget", default=None, metavar="SIZE|auto",

@@ -24,8 +24,10 @@ def _compare_parser(sub) -> None:
     p = sub.add_parser("compare", help="measure and judge the claims for one base/tuned pair",
                        description="Generate, select, attribute and judge claims C1-C6 for a base and a tuned "
                                    "model, then write results.json, table1.md and figures.")
-    p.add_argument("--base", required=True, help="base model: hub id, local folder, or zoo:<name>")
-    p.add_argument("--tuned", required=True, help="post-trained model: hub id, local folder, or zoo:<name>")
+    p.add_argument("--base", required=True, help="base model: hub id, local folder, .gguf file, zoo:<name>, smollm2, "
+                                                 "or a PEFT adapter folder (BASE+ADAPTER names its base)")
+    p.add_argument("--tuned", required=True, help="post-trained model: hub id, local folder, .gguf file, zoo:<name>, "
+                                                  "smollm2, or a PEFT adapter folder (BASE+ADAPTER names its base)")
     p.add_argument("--dataset", action="append", required=True,
                    help="dataset (gsm8k, math, math500, college_math, synthetic); repeatable")
     p.add_argument("--alpha", type=float, action="append", required=True, help="answer fraction alpha; repeatable")
@@ -46,7 +48,17 @@ def _compare_parser(sub) -> None:
     p.add_argument("--max-memory", default=None, metavar="DEV=SIZE,...",
                    help="with --device-map: memory per device, e.g. '0=70GiB,1=70GiB,cpu=200GiB'")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--granularity", default="qkv", choices=("qkv", "block"))
+    p.add_argument("--granularity", default="qkv", choices=("qkv", "block", "head"),
+                   help="residual-graph granularity (default qkv, the paper's; head: per attention head, as MIB)")
+    p.add_argument("--attribution", default="eap", choices=("eap", "eap-ig"),
+                   help="edge scores: eap (the paper's one-pass EAP, default) or eap-ig (integrated gradients "
+                        "from a zero baseline, --ig-steps passes)")
+    p.add_argument("--ig-steps", type=int, default=5, help="integrated-gradient steps with --attribution eap-ig")
+    p.add_argument("--robustness", action="store_true",
+                   help="also measure under qkv/EAP, head/EAP and qkv/EAP-IG; verdicts side by side in robustness.md")
+    p.add_argument("--no-faithfulness", action="store_true", help="skip the faithfulness curves (SPEC §11)")
+    p.add_argument("--share-scores", action="store_true",
+                   help="keep each sample's scores under $EAPBENCH_CACHE/scores and reuse them across runs and pairs")
     p.add_argument("--batch-size", type=int, default=8, help="attribution batch size (with --memory-budget: the most)")
     p.add_argument("--memory-budget", default=None, metavar="SIZE|auto",
                    help="pack attribution batches by length under this memory (40GiB; auto = 90%% of free device "
@@ -79,12 +91,14 @@ def compare(args: argparse.Namespace) -> int:
                     n_resamples=args.n_resamples, batch_size=args.batch_size, limit=args.limit,
                     gen_token_budget=args.gen_token_budget, backend=args.backend,
                     data_dir=args.data_dir, threads=args.threads or None, memory_budget=args.memory_budget,
-                    device_map=args.device_map,
-                    max_memory=args.max_memory)
+                    device_map=args.device_map, attribution=args.attribution, ig_steps=args.ig_steps,
+                    faithfulness=not args.no_faithfulness, share_scores=args.share_scores, max_memory=args.max_memory)
     runner = Runner([pair], cfg)
     try:
         for dataset, alpha in runner.cases(pair):
             runner.verdicts(pair, dataset, alpha)
+            if args.robustness:
+                runner.robustness(pair, dataset, alpha)
     except ModelLoadError as exc:  # checked above as far as possible without loading; name the side
         sides = [f"{flag} {value}" for flag, value, spec in (("--base", args.base, pair.base),
                                                                ("--tuned", args.tuned, pair.tuned))
@@ -114,6 +128,7 @@ def check_compare(args: argparse.Namespace):
     O.check_gen_token_budget("--gen-token-budget", args.gen_token_budget)
     args.backend = O.check_backend("--backend", args.backend, args.device)  # resolved: hf or vllm
     O.check_memory_budget("--memory-budget", args.memory_budget)
+    O.check_attribution(args.attribution, args.ig_steps, args.granularity, "--attribution")
     O.check_int("--max-new-tokens", args.max_new_tokens, optional=True,
                 fix="the answer length cap in tokens, e.g. 1024 (omit it for the default)")
     O.check_datasets("--dataset", args.dataset)
@@ -121,6 +136,9 @@ def check_compare(args: argparse.Namespace):
     if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
         raise O.OptionError(f"--data-dir {args.data_dir}: no such folder; pass the folder that holds "
                             "<dataset>/test.jsonl")
+    if args.method.lower() in O.ATTRIBUTION_METHODS:
+        raise O.OptionError(f"--method {args.method}: here --method is the post-training method of the pair "
+                            f"({', '.join(METHODS)}); choose the attribution method with --attribution {args.method}")
     if args.method.lower() not in METHODS:
         raise O.OptionError(f"--method {args.method}: unknown method {args.method!r}; use one of {', '.join(METHODS)}")
     try:

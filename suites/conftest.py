@@ -82,6 +82,7 @@ def build_suite(config: pytest.Config) -> Suite:
         O.check_gen_token_budget("--gen-token-budget", opt("--gen-token-budget"))
         backend = O.check_backend("--backend", opt("--backend"), opt("--device"))
         O.check_memory_budget("--memory-budget", opt("--memory-budget"))
+        O.check_attribution(opt("--attribution"), opt("--ig-steps"), opt("--granularity"))
         shard = parse_shard(opt("--shard")) if opt("--shard") else None
     except (ValueError, KeyError, FileNotFoundError) as exc:
         raise pytest.UsageError(str(exc).strip("'\"")) from None
@@ -92,7 +93,8 @@ def build_suite(config: pytest.Config) -> Suite:
                     gen_batch_size=opt("--gen-batch-size"), threads=opt("--threads") or None,
                     gen_token_budget=opt("--gen-token-budget"), backend=backend,
                     limit=opt("--limit"), data_dir=opt("--data-dir"), memory_budget=opt("--memory-budget"),
-                    device_map=opt("--device-map"),
+                    device_map=opt("--device-map"), attribution=opt("--attribution"), ig_steps=opt("--ig-steps"),
+                    faithfulness=not opt("--no-faithfulness"), share_scores=opt("--share-scores"),
                     max_memory=opt("--max-memory"))
     runnable, skipped = [], {}
     chosen = {p.id for p in selected}

@@ -16,7 +16,7 @@ import pytest
 
 def check(suite, case, claim_id: str) -> None:
     v = suite.runner.verdict(case.pair, case.dataset, case.alpha, claim_id)
-    known = suite.runner.claims.deviation(getattr(case.pair, "id", case.pair), claim_id)
+    known = suite.runner.claims.deviation(getattr(case.pair, "id", case.pair), claim_id, suite.runner.config.setting)
     if v.status == "pass":
         if known:
             pytest.fail(f"{case.id}: passes but is listed under known_deviations in baselines/expectations.yaml "

@@ -235,7 +235,7 @@ def test_compare_on_disk_offloaded_models_equals_the_plain_run(tmp_path, monkeyp
         assert cli.main(args + extra) in (0, 1)
         runs[name] = json.loads((tmp_path / name / "results.json").read_text())["results"][0]
     plain, off = runs["plain"], runs["offloaded"]
-    assert off["provenance"]["placement"] == {"device_map": "auto", "max_memory": "cpu=1MiB"}
+    assert off["provenance"]["placement"] == {"device_map": "auto", "max_memory": "cpu=1MiB", "share_scores": False}
     assert off["counts"] == plain["counts"] and off["metrics"] == plain["metrics"]
 
 
@@ -257,3 +257,32 @@ def test_backend_and_token_budget_reach_the_pipeline(fake, monkeypatch, tmp_path
                                 "4096", "--report", str(tmp_path / "r"), "--no-figures"))
     assert rc in (0, 1), capsys.readouterr().err
     assert seen[0]["backend"] == "hf" and seen[0]["gen_token_budget"] == 4096  # auto on a CPU: hf
+
+
+def test_compare_method_is_the_post_training_method(capsys):
+    """compare's --method names the pair's post-training method; the attribution method is --attribution."""
+    rc = cli.main(["compare", "--base", "a/b", "--tuned", "a/c", "--dataset", "gsm8k", "--alpha", "0.3",
+                   "--method", "eap-ig"])
+    assert rc == 2 and "choose the attribution method with --attribution eap-ig" in capsys.readouterr().err
+    rc = cli.main(["compare", "--base", "a/b", "--tuned", "a/c", "--dataset", "gsm8k", "--alpha", "0.3",
+                   "--attribution", "eap-ig", "--ig-steps", "0"])
+    assert rc == 2 and "--ig-steps" in capsys.readouterr().err
+
+
+def test_compare_head_eap_ig_and_robustness(fake, monkeypatch, tmp_path, capsys):
+    """Issue 13.5: compare takes --granularity head and --attribution eap-ig, and --robustness writes the
+    side-by-side table (the fake pipeline's tiny models)."""
+    monkeypatch.setenv("EAPBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(options, "_offline", lambda: False)
+    monkeypatch.setattr(options, "hub_probe", lambda *a, **k: None)
+    common = ["compare", "--base", "tiny/base", "--tuned", "tiny/rl", "--dataset", "synthetic", "--alpha", "0.3",
+              "--method", "grpo", "--template", "mini", "--n-resamples", "200", "--no-figures"]
+    cli.main([*common, "--granularity", "head", "--attribution", "eap-ig", "--ig-steps", "2",
+              "--report", str(tmp_path / "r1")])
+    r = json.loads((tmp_path / "r1" / "results.json").read_text())["results"][0]
+    assert r["config"]["granularity"] == "head" and r["config"]["attribution"] == "eap-ig" and r["config"]["ig_steps"] == 2
+    assert r["extra"]["faithfulness"]["base"]["cpr"] is not None
+    cli.main([*common, "--robustness", "--report", str(tmp_path / "r2")])
+    table = (tmp_path / "r2" / "robustness.md").read_text()
+    assert "| qkv/EAP | head/EAP | qkv/EAP-IG |" in table and "user-pair / synthetic / α 0.3 | C1 |" in table
+    capsys.readouterr()

@@ -35,6 +35,12 @@ class ArchSpec:
     q_proj: str = "self_attn.q_proj"
     k_proj: str = "self_attn.k_proj"
     v_proj: str = "self_attn.v_proj"
+    # at "head" granularity: the attention module, its output projection (input = the heads' outputs
+    # concatenated) and the norms on the q/k projections' outputs (OLMo-2's QK-norm), if any
+    attn: str = "self_attn"
+    o_proj: str = "self_attn.o_proj"
+    q_norm: str | None = None
+    k_norm: str | None = None
     base: str = "model"
     layers: str = "model.layers"
     embed: str = "model.embed_tokens"
@@ -52,7 +58,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "qwen2": ArchSpec(family="qwen2", **_PRE_NORM),       # q/k/v biases live inside the projections
     "olmo2": ArchSpec(family="olmo2", norm_position="post", attn_source="post_attention_layernorm",
                       mlp_source="post_feedforward_layernorm", attn_reader="self_attn",
-                      mlp_reader="mlp", attn_norm=None),   # QK-norm sits after q/k_proj: part of the branch
+                      mlp_reader="mlp", attn_norm=None,    # QK-norm sits after q/k_proj: part of the branch
+                      q_norm="self_attn.q_norm", k_norm="self_attn.k_norm"),
 }
 
 

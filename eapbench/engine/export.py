@@ -2,9 +2,11 @@
 
 EAP-IG's ``Graph.to_json`` writes ``{"cfg": {...}, "nodes": {name: {"in_graph": bool}},
 "edges": {"u->v": {"score": float, "in_graph": bool}}}``, with attention nodes per head
-(``a3.h5``) and q/k/v destinations as an edge suffix (``m0->a1.h5<q>``). eapbench scores
-whole attention blocks, so they are exported as one head per layer (``a{l}.h0``, cfg
-``n_heads = 1``), which EAP-IG's ``Graph.from_json`` accepts.
+(``a3.h5``) and q/k/v destinations as an edge suffix (``m0->a1.h5<q>``). At "qkv" and
+"block" granularity eapbench scores whole attention blocks, so they are exported as one head
+per layer (``a{l}.h0``, cfg ``n_heads = 1``), which EAP-IG's ``Graph.from_json`` accepts. At
+"head" granularity the nodes are the real heads (``a{l}.h{i}``, edges ``a0.h1->a1.h3<k>``,
+cfg ``n_heads`` = the model's query heads), eapbench's own names.
 """
 
 from __future__ import annotations
@@ -19,19 +21,20 @@ import torch
 from ..cache import atomic_write_text
 from .graph import ResidualGraph
 
-_ATTN = re.compile(r"^a(\d+)(<[qkv]>)?$")
+_ATTN = re.compile(r"^a(\d+)(\.h\d+)?(<[qkv]>)?$")
 
 
 def _mib_node(name: str) -> str:
+    """The MIB node of a source or destination name (``a1<q>`` → ``a1.h0``, ``a1.h3<q>`` → ``a1.h3``)."""
     m = _ATTN.match(name)
-    return f"a{m.group(1)}.h0" if m else name
+    return f"a{m.group(1)}{m.group(2) or '.h0'}" if m else name
 
 
 def mib_edge_name(src: str, dst: str) -> str:
-    """eapbench ``a0``/``a1<q>`` → MIB ``a0.h0->a1.h0<q>``."""
+    """eapbench ``a0``/``a1<q>`` → MIB ``a0.h0->a1.h0<q>``; head names (``a0.h2->a1.h3<q>``) are kept."""
     m = _ATTN.match(dst)
-    suffix = m.group(2) or "" if m else ""
-    return f"{_mib_node(src)}->{_mib_node(dst.split('<')[0])}{suffix}"
+    suffix = m.group(3) or "" if m else ""
+    return f"{_mib_node(src)}->{_mib_node(dst)}{suffix}"
 
 
 def to_mib_json(graph: ResidualGraph, scores: torch.Tensor, *, in_graph: torch.Tensor | None = None,
@@ -63,7 +66,7 @@ def to_mib_json(graph: ResidualGraph, scores: torch.Tensor, *, in_graph: torch.T
     for j, n in enumerate(dst):  # a destination a{l}<q> is the node a{l}.h0; logits has no outgoing edges
         node = _mib_node(n.split("<")[0])
         nodes[node] = {"in_graph": nodes.get(node, {"in_graph": False})["in_graph"] or bool(used_dst[j])}
-    out = {"cfg": {"n_layers": graph.n_layers, "n_heads": 1, "parallel_attn_mlp": False,
+    out = {"cfg": {"n_layers": graph.n_layers, "n_heads": graph.n_heads or 1, "parallel_attn_mlp": False,
                    "d_model": d_model, "granularity": graph.granularity, "model_type": graph.model_type},
            "nodes": nodes, "edges": edges}
     if path is not None:
@@ -76,7 +79,9 @@ def from_mib_json(data: dict[str, Any] | str | Path) -> tuple[ResidualGraph, tor
     if not isinstance(data, dict):
         data = json.loads(Path(data).read_text())
     cfg = data["cfg"]
-    graph = ResidualGraph(cfg["n_layers"], cfg.get("granularity", "qkv"), cfg.get("model_type"))
+    granularity = cfg.get("granularity", "qkv")
+    graph = ResidualGraph(cfg["n_layers"], granularity, cfg.get("model_type"),
+                          n_heads=cfg["n_heads"] if granularity == "head" else None)
     scores = torch.zeros(graph.n_src, graph.n_dst)
     in_graph = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.bool)
     src, dst = graph.sources, graph.destinations

@@ -48,6 +48,31 @@ On top of that, the largest of the transient phases (``transient``):
   three fp32 copies of it and their gradients (3·(3e + 8)·nd); the MLP
   backward's three [n, F] gradients (3·e·n·F) — the largest of these.
 
+EAP-IG (``method="eap-ig"``, m = ``steps``; :mod:`~eapbench.engine.integrated_gradients`) runs m
+forward+backward passes one after another, each costing what plain EAP's does (the terms above), and
+keeps across them (``ig``): O − O', the source buffer the destinations contract, a second one beside the
+step's own (per layer the layer's buffer slots, and the embedding slot e·nd) whenever a step runs after
+it is taken (m > 1, or a corrupted-token baseline, whose no-grad forward fills it before the clean
+step); with a corrupted-token baseline its embedding output e' (e·nd); from the second step on, the
+float64 sum of the steps' scores 8·B·n_src·n_dst. A step's own buffer is freed before the next step
+allocates one. The no-grad baseline forward holds its buffer and one layer's transients at a time,
+less than a gradient step. m = 1 with the zero baseline is plain EAP, and so is its estimate. Checked
+against measured peaks at small sizes, "qkv" and "head", with and without checkpointing.
+
+"head" granularity (H query heads, c = min(H, HEAD_CHUNK) heads handled together) changes:
+
+- the source buffer: H + 1 slots per layer ((H+1)·e·nd) instead of 2, and the residual the layer's
+  q/k/v read is kept per layer for the branch VJP (e·nd; with checkpointing it is the layer input,
+  already kept); GQA is ungrouped, so attention keeps k and v at q_d width (kv_d' = q_d);
+- the score accumulator grows with n_src = L(H+1)+1 and n_dst = L(3H+1)+1;
+- transient phases: ``head_split`` (forward: the c head outputs e·c·nd and, for OLMo-2, their fp32
+  frozen-scale shares 2·4·c·nd) and ``head_vjp`` (backward, one layer: the recomputed branch — the
+  attention norm's fp32 copy and output (4 + e)·nd for pre-norm families, OLMo-2's projection and QK-norm
+  fp32 copy (4 + e)·n·q_d —, the 3H per-head residual gradients kept for the layer's single contraction
+  3H·e·nd, and the larger of one chunk's VJP (OLMo-2's head-masked gradients c·e·n·q_d, the fp32 norm
+  backward and result c·(12 + e)·nd) and the contraction of 3H + 1 columns), in place of the q/k/v norm
+  VJP. Checked against measured peaks at small sizes (tests/engine/test_memory.py).
+
 Not counted: the weights, the framework's small workspaces, and the allocator's own overhead. The
 estimate is the live bytes at the peak; what an allocator holds on top is its own. Measured on CPU
 (benchmarks/memory_cpu*.json, random-init Llama-3-8B / Qwen2-7B shapes, 2 and 4 layers, T 1024 / 2048,
@@ -70,6 +95,10 @@ from .graph import GRANULARITIES
 # Constants mirrored from attribution.py: the loss's row chunk and the contraction's fp32-cast budget.
 LOSS_CHUNK = 4096
 CAST_ELEMENTS = 1 << 26
+HEAD_CHUNK = 8
+METHODS = ("eap", "eap-ig")
+BASELINES = ("zero", "tokens")  # EAP-IG's baselines: zero ablation, or corrupted token ids
+DEFAULT_IG_STEPS = 5  # integrated_gradients.DEFAULT_IG_STEPS
 
 DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 _DTYPE_ALIASES = {"fp64": "float64", "double": "float64", "fp32": "float32", "float": "float32",
@@ -111,11 +140,14 @@ def attention_kernel(config: Any, device: str = "cuda") -> str:
 
 def memory_breakdown(config: Any, *, seq_len: int, batch_size: int = 1, dtype: Any = "bfloat16",
                      checkpointing: bool = False, granularity: str = "qkv", device: str = "cuda",
-                     n_targets: int | None = None, padded: bool = False) -> dict[str, int]:
+                     n_targets: int | None = None, padded: bool = False, method: str = "eap",
+                     steps: int | None = None, baseline: str = "zero") -> dict[str, Any]:
     """The terms of :func:`estimate_memory` (bytes): ``layer`` (kept per layer), ``layers``
     (L × layer), ``fixed``, ``transient`` (the largest transient phase), ``phase`` (its name:
-    "loss", "contraction", "mlp_backward" or "norm_vjp"), ``attention_T2`` (the per-layer
-    probability term, 0 for a flash-style kernel) and ``total``."""
+    "loss", "contraction", "mlp_backward", "norm_vjp", and at "head" granularity "head_split" or
+    "head_vjp"), ``attention_T2`` (the per-layer
+    probability term, 0 for a flash-style kernel), ``ig`` (what EAP-IG adds, included in ``layers``
+    and ``fixed``; 0 for plain EAP) and ``total``."""
     config = getattr(config, "config", config)  # a model: use its config
     model_type = _get(config, "model_type")
     if model_type not in ARCHITECTURES:
@@ -126,6 +158,7 @@ def memory_breakdown(config: Any, *, seq_len: int, batch_size: int = 1, dtype: A
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     if seq_len < 2 or batch_size < 1:
         raise ValueError(f"need seq_len >= 2 and batch_size >= 1, got {seq_len}, {batch_size}")
+    ig_steps, tokens = ig_settings(method, steps, baseline)
     spec = ARCHITECTURES[model_type]
     e = _dtype_bytes(dtype)
     a = max(4, e)
@@ -145,27 +178,35 @@ def memory_breakdown(config: Any, *, seq_len: int, batch_size: int = 1, dtype: A
     nd = n * d
     N_t = B * (T - 1 if n_targets is None else min(int(n_targets), T - 1))
     pre_norm = spec.norm_position == "pre"
-    n_src = 2 * L + 1
-    n_dst = (4 if granularity == "qkv" else 2) * L + 1
-    m = 4 if granularity == "qkv" else 2
+    heads = granularity == "head"
+    c = min(H, HEAD_CHUNK)
+    n_src = (H + 1 if heads else 2) * L + 1
+    n_dst = {"qkv": 4, "block": 2}.get(granularity, 3 * H + 1) * L + 1
+    m = {"qkv": 4, "block": 2}.get(granularity, 3 * H + 1)
 
     # --- kept per layer ---------------------------------------------------------------------
     norms = 2 * 4 * nd + (0 if pre_norm else 4 * n * (q_d + kv_d))
     if kernel == "flash":
-        kv_eff = q_d if padded else kv_d
+        kv_eff = q_d if (padded or heads) else kv_d
         attn = e * n * (2 * q_d + 2 * kv_eff) + 4 * B * H * T
         t2 = 0
     else:
         t2 = B * H * T * T * (4 + (e if e != 4 else 0))
         attn = 3 * e * n * q_d + t2
     mlp = 3 * e * n * F
-    buffer = 2 * e * nd
+    buffer = (H + 1 if heads else 2) * e * nd
     activations = norms + attn + mlp
-    layer = e * nd + buffer if checkpointing else activations + buffer
+    kept_input = e * nd if heads else 0  # "head": the residual the layer's q/k/v read, for the branch VJP
+    # EAP-IG: O − O' beside the step's own buffer, once any step runs after it is taken
+    ig_buffer = ig_steps > 1 or tokens
+    ig_layer = buffer if ig_buffer else 0
+    layer = (e * nd + buffer if checkpointing else activations + buffer + kept_input) + ig_layer
 
     # --- kept for the whole call -------------------------------------------------------------
     mask = e * B * T * T if kernel == "eager" else (B * T * T if padded else 0)
-    fixed = 2 * e * nd + 4 * nd + mask + 4 * B * n_src * n_dst
+    ig_fixed = (e * nd if ig_buffer else 0) + (e * nd if tokens else 0) \
+        + (8 * B * n_src * n_dst if ig_steps > 1 else 0)  # O − O' embedding slot, e', float64 sum
+    fixed = 2 * e * nd + 4 * nd + mask + 4 * B * n_src * n_dst + ig_fixed
 
     # --- the largest transient phase ----------------------------------------------------------
     cast = on_cpu and e not in (4, 8)
@@ -182,18 +223,44 @@ def memory_breakdown(config: Any, *, seq_len: int, batch_size: int = 1, dtype: A
         "mlp_backward": 3 * e * n * F,
         "norm_vjp": (2 * e + 3 * (3 * e + 8)) * nd if (pre_norm and granularity == "qkv") else 0,
     }
+    if heads:
+        phases["head_split"] = e * c * nd + (0 if pre_norm else 2 * 4 * c * nd)
+        recomputed = (4 + e) * nd if pre_norm else (4 + e) * n * q_d
+        vjp_step = (0 if pre_norm else c * e * n * q_d) + c * (12 + e) * nd
+        phases["head_vjp"] = recomputed + 3 * H * e * nd + max(vjp_step, contraction(n_src, m))
     if checkpointing:  # a layer's activations come back while it is differentiated
-        for k in ("contraction", "mlp_backward", "norm_vjp"):
+        for k in ("contraction", "mlp_backward", "norm_vjp", "head_vjp"):
+            if k not in phases:
+                continue
             phases[k] += activations
     phase = max(phases, key=phases.get)
     total = fixed + L * layer + phases[phase]
     return {"layer": layer, "layers": L * layer, "fixed": fixed, "transient": phases[phase], "phase": phase,
-            "attention_T2": t2, "total": total}
+            "attention_T2": t2, "ig": L * ig_layer + ig_fixed, "total": total}
+
+
+def ig_settings(method: str, steps: int | None, baseline: str) -> tuple[int, bool]:
+    """(steps m, corrupted-token baseline?) of a validated method: (1, False) for plain EAP."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES} (zero ablation or corrupted token ids), "
+                         f"got {baseline!r}")
+    if method == "eap":
+        if baseline != "zero" or steps not in (None, 1):
+            raise ValueError("steps and a token baseline apply to method='eap-ig' only; plain EAP is one pass "
+                             "from the zero baseline")
+        return 1, False
+    steps = DEFAULT_IG_STEPS if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    return steps, baseline == "tokens"
 
 
 def estimate_memory(config: Any, *, seq_len: int, batch_size: int = 1, dtype: Any = "bfloat16",
                     checkpointing: bool = False, granularity: str = "qkv", device: str = "cuda",
-                    n_targets: int | None = None, padded: bool = False) -> int:
+                    n_targets: int | None = None, padded: bool = False, method: str = "eap",
+                    steps: int | None = None, baseline: str = "zero") -> int:
     """Bytes :func:`attribute` needs beyond the model's weights for one batch, from the config alone.
 
     ``config``: a transformers config (or a model, or a dict of its fields) of a supported family
@@ -202,7 +269,9 @@ def estimate_memory(config: Any, *, seq_len: int, batch_size: int = 1, dtype: An
     tokens per row (default seq_len − 1, the most there can be). ``padded``: rows of different
     lengths (a materialised mask; SDPA then repeats the k/v heads). The attention kernel follows from
     ``device`` and ``config._attn_implementation`` ("eager" keeps the T² probabilities, SDPA and
-    flash-attention do not). Term by term: the module docstring; itemised: :func:`memory_breakdown`.
+    flash-attention do not). ``method``/``steps``/``baseline``: attribute()'s EAP-IG settings
+    (``baseline``: "zero", or "tokens" for corrupted token ids); EAP-IG keeps a second source buffer.
+    Term by term: the module docstring; itemised: :func:`memory_breakdown`.
     Validated on CPU against measured peak RSS (tests/engine/test_memory.py, benchmarks/memory_cpu*.json):
     equal to 1% when RSS tracks live bytes (MALLOC_MMAP_THRESHOLD_=65536); under glibc's default
     malloc, whose heap keeps freed blocks, budget ~1.3× this on CPU (more with checkpointing at depth).
@@ -210,4 +279,5 @@ def estimate_memory(config: Any, *, seq_len: int, batch_size: int = 1, dtype: An
     """
     return int(memory_breakdown(config, seq_len=seq_len, batch_size=batch_size, dtype=dtype,
                                 checkpointing=checkpointing, granularity=granularity, device=device,
-                                n_targets=n_targets, padded=padded)["total"])
+                                n_targets=n_targets, padded=padded, method=method, steps=steps,
+                                baseline=baseline)["total"])

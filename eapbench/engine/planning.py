@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .memory import estimate_memory
+from .memory import estimate_memory, ig_settings
 
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -75,17 +75,20 @@ def resolve_budget(budget: str | int | None, device: Any) -> int | None:
 
 def plan_batches(config: Any, lengths: Sequence[int], *, batch_size: int, budget: int | None = None,
                  checkpointing: bool | str = False, dtype: Any = "float32", granularity: str = "qkv",
-                 device: str = "cpu", names: Sequence[str] | None = None) -> list[Batch]:
+                 device: str = "cpu", names: Sequence[str] | None = None, method: str = "eap",
+                 steps: int | None = None, baseline: str = "zero") -> list[Batch]:
     """Batches for samples of these token ``lengths`` (see module docstring).
 
     ``checkpointing``: False (never), True (always) or ``"auto"`` (for the samples that do not fit
     alone without it, batched only with each other). A sample that does not fit even with checkpointing is a :class:`PlanError`
-    naming it, what it needs and the budget.
+    naming it, what it needs and the budget. ``method``, ``steps`` and ``baseline`` ("zero" or "tokens")
+    are the attribution's, for :func:`~eapbench.engine.memory.estimate_memory` (EAP-IG keeps more).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if checkpointing not in (False, True, "auto"):
         raise ValueError(f"checkpointing must be False, True or 'auto', got {checkpointing!r}")
+    ig_settings(method, steps, baseline)  # a bad method is an error with or without a budget
     n = len(lengths)
     if budget is None:
         return [Batch(tuple(range(s, min(s + batch_size, n))), checkpointing is True) for s in range(0, n, batch_size)]
@@ -96,7 +99,7 @@ def plan_batches(config: Any, lengths: Sequence[int], *, batch_size: int, budget
     def need(seq_len: int, rows: int, ckpt: bool, uneven: bool) -> int:
         return int(overhead * estimate_memory(config, seq_len=seq_len, batch_size=rows, dtype=dtype,
                                               checkpointing=ckpt, granularity=granularity, device=dev,
-                                              padded=uneven))
+                                              padded=uneven, method=method, steps=steps, baseline=baseline))
 
     order = sorted(range(n), key=lambda i: (-lengths[i], i))  # longest first: a batch's width is its first row
     plan: list[Batch] = []

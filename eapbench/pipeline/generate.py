@@ -144,7 +144,18 @@ def model_fingerprint(spec: ModelSpec) -> dict[str, Any]:
     ``spec.gguf_file`` among GGUFs when one is named) and of the tokenizer files. Hub id:
     the resolved commit, taken from ``spec.revision`` when it is a full commit hash, else from
     the local hub cache, else from the hub; an unresolvable hub model is an error (pin a revision).
+    A PEFT adapter: the sha256 of its files and its base's fingerprint (:func:`eapbench.models.load_model`).
     """
+    from dataclasses import replace
+
+    from ..models import adapter_chain, resolve_plain
+
+    chain = adapter_chain(spec.path, spec.gguf_file)
+    if chain is not None:
+        return chain.fingerprint(lambda base, gguf: model_fingerprint(replace(spec, path=base, gguf_file=gguf)))
+    plain, gguf_file = resolve_plain(spec.path, spec.gguf_file)
+    if (plain, gguf_file) != (spec.path, spec.gguf_file):
+        return model_fingerprint(replace(spec, path=plain, gguf_file=gguf_file))
     path = Path(spec.path)
     if path.is_dir():
         files: dict[str, str] = {}
@@ -201,15 +212,11 @@ def _hub_commit(spec: ModelSpec) -> str:
 # ---------------------------------------------------------------- tokenization and decoding
 
 def load_tokenizer(spec: ModelSpec) -> Any:
-    """The tokenizer of ``spec``'s checkpoint (local folder, GGUF file or hub id)."""
-    from transformers import AutoTokenizer
+    """The tokenizer of ``spec``'s checkpoint (local folder, GGUF file, hub id, PEFT adapter:
+    :func:`eapbench.models.load_tokenizer`)."""
+    from ..models import load_tokenizer as load
 
-    kw: dict[str, Any] = {}
-    if spec.gguf_file:
-        kw["gguf_file"] = spec.gguf_file
-    if spec.revision:
-        kw["revision"] = spec.revision
-    return AutoTokenizer.from_pretrained(spec.path, **kw)
+    return load(spec.path, gguf_file=spec.gguf_file, revision=spec.revision)
 
 
 def tokenize_prompts(tokenizer: Any, template: str | Template, problems: Sequence[Problem]) -> list[list[int]]:
@@ -521,10 +528,16 @@ class _VllmRunner:
 
         import vllm
 
+        from ..models import adapter_chain, resolve_plain
+
+        if adapter_chain(spec.path, spec.gguf_file) is not None:
+            raise ValueError(f"{spec.path}: the vLLM backend does not load PEFT adapters; use backend 'hf' "
+                             "(--backend hf), which merges them")
         kw: dict[str, Any] = {"revision": spec.revision} if spec.revision else {}
-        path = os.path.join(spec.path, spec.gguf_file) if spec.gguf_file else spec.path
-        if spec.gguf_file:
-            kw["tokenizer"] = spec.path  # vLLM reads a GGUF's tokenizer from the folder's tokenizer files
+        folder, gguf_file = resolve_plain(spec.path, spec.gguf_file)
+        path = os.path.join(folder, gguf_file) if gguf_file else folder
+        if gguf_file:
+            kw["tokenizer"] = folder  # vLLM reads a GGUF's tokenizer from the folder's tokenizer files
         engine_args = getattr(vllm, "EngineArgs", None)
         defaults = ({f.name: f.default for f in dataclasses.fields(engine_args)}
                     if dataclasses.is_dataclass(engine_args) else {})

@@ -32,8 +32,10 @@ PAPER_REFERENCE_FILE = _locations.hand_written("paper_reference.yaml")
 SCHEMA = 1
 VALUE_FIELDS = ("base", "tuned", "rel_change", "ci_low", "ci_high")
 # Configuration that must match for a comparison to mean anything.
-CONFIG_KEYS = ("n_samples", "seed", "beta", "gamma", "delta", "granularity", "bins",
+CONFIG_KEYS = ("n_samples", "seed", "beta", "gamma", "delta", "granularity", "attribution", "ig_steps", "bins",
                "n_resamples", "bootstrap_seed", "confidence", "limit", "gen_batch_size", "dataset", "alpha")
+# What a stored record without the key was measured with (the key was added later).
+CONFIG_DEFAULTS = {"attribution": "eap"}
 
 
 class BaselineError(ValueError):
@@ -239,9 +241,11 @@ def read_baseline(path: str | Path) -> dict[str, Any]:
 
 def config_mismatch(stored: Mapping[str, Any], measured: Mapping[str, Any]) -> str | None:
     """Why two records are not comparable (different N, seeds, β/γ/δ, granularity, ...), else None."""
-    diffs = [f"{k}: stored {stored['config'].get(k)!r}, this run {measured['config'].get(k)!r}"
-             for k in CONFIG_KEYS
-             if stored["config"].get(k) != measured["config"].get(k)]
+    def get(record: Mapping[str, Any], k: str) -> Any:
+        return record["config"].get(k, CONFIG_DEFAULTS.get(k))
+
+    diffs = [f"{k}: stored {get(stored, k)!r}, this run {get(measured, k)!r}"
+             for k in CONFIG_KEYS if get(stored, k) != get(measured, k)]
     return "; ".join(diffs) or None
 
 

@@ -21,8 +21,9 @@ from typing import Any
 from .measurement import RunConfig
 from .pairs import PairSpec
 
-# RunConfig fields that do not change a measurement (where files are, progress bars).
-IGNORED = ("data_dir", "progress")
+# RunConfig fields that do not change a measurement's values (where files are, progress bars, whether
+# faithfulness curves ride along in its extras).
+IGNORED = ("data_dir", "progress", "faithfulness")
 
 
 def canonical_config(pair: PairSpec) -> dict[str, Any]:
@@ -59,6 +60,8 @@ def differences(pair: PairSpec, config: RunConfig, dataset: str | None = None,
             continue
         if not _same(k, v, this.get(k)):
             out[k] = (v, this.get(k))
+    for k in this.keys() - canon.keys() - set(IGNORED):  # settings only some runs have (ig_steps with EAP-IG)
+        out[k] = (None, this[k])
     if dataset is not None and dataset not in pair.datasets:
         out["dataset"] = (tuple(pair.datasets), dataset)
     if alpha is not None and not any(float(alpha) == float(a) for a in pair.alphas):

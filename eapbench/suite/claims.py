@@ -46,10 +46,15 @@ class ClaimSet:
     min_samples: int = 10
     source: str = ""
     known_deviations: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # pair -> claim -> why
+    # Attribution setting ("head/EAP", "qkv/EAP-IG"; RunConfig.setting) -> pair -> claim -> why, for settings
+    # whose measured contradictions differ from the paper's setting (qkv/EAP, ``known_deviations``).
+    known_deviations_under: Mapping[str, Mapping[str, Mapping[str, str]]] = field(default_factory=dict)
 
-    def deviation(self, pair_id: str, claim_id: str) -> str | None:
-        """The recorded reason if this pair is known to contradict this claim, else None."""
-        return self.known_deviations.get(pair_id, {}).get(claim_id)
+    def deviation(self, pair_id: str, claim_id: str, setting: str | None = None) -> str | None:
+        """The recorded reason if this pair is known to contradict this claim under ``setting`` (its own
+        list where the file has one, else the paper setting's), else None."""
+        known = self.known_deviations_under.get(setting, self.known_deviations) if setting else self.known_deviations
+        return known.get(pair_id, {}).get(claim_id)
 
     def __iter__(self):
         return iter(self.claims)
@@ -120,14 +125,23 @@ def load_claims(path: str | Path | None = None) -> ClaimSet:
         claims.append(Claim(id=str(cid), test=str(c["test"]), metric=c.get("metric"),
                             title=str(c.get("title", cid)), expect=dict(c["expect"]),
                             band=float(c.get("band", 0.0))))
-    known = data.get("known_deviations") or {}
     ids = {c.id for c in claims}
-    if not isinstance(known, dict) or any(not isinstance(v, dict) or set(v) - ids for v in known.values()):
-        raise ValueError(f"{p}: known_deviations must map pair id -> claim id ({sorted(ids)}) -> reason")
+
+    def deviations(known: Any, where: str) -> dict[str, dict[str, str]]:
+        if not isinstance(known, dict) or any(not isinstance(v, dict) or set(v) - ids for v in known.values()):
+            raise ValueError(f"{p}: {where} must map pair id -> claim id ({sorted(ids)}) -> reason")
+        return {str(k): {str(c): str(r) for c, r in v.items()} for k, v in known.items()}
+
+    under = data.get("known_deviations_under") or {}
+    if not isinstance(under, dict):
+        raise ValueError(f"{p}: known_deviations_under must map a setting (e.g. 'qkv/EAP-IG') -> pair id -> "
+                         "claim id -> reason")
     return ClaimSet(claims=tuple(claims), method_classes=dict(data["method_classes"]),
                     min_effect=float(data.get("min_effect", 0.0)),
                     min_samples=int(data.get("min_samples", 10)), source=str(p),
-                    known_deviations={str(k): {str(c): str(r) for c, r in v.items()} for k, v in known.items()})
+                    known_deviations=deviations(data.get("known_deviations") or {}, "known_deviations"),
+                    known_deviations_under={str(s): deviations(v or {}, f"known_deviations_under[{s}]")
+                                            for s, v in under.items()})
 
 
 def _pct(x: float) -> str:

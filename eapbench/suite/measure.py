@@ -50,22 +50,31 @@ def select_inputs(pair: PairSpec, dataset: str, alphas: Sequence[float], cfg: Ru
         gen_token_budget=cfg.gen_token_budget)
 
 
+def attribution_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    """The attribution method's arguments to :func:`~eapbench.engine.attribution.score_inputs`."""
+    return {"method": cfg.attribution, "steps": cfg.ig_steps} if cfg.attribution != "eap" else {}
+
+
 def score_pair(pair: PairSpec, selections: Mapping[float, Any], alphas: Sequence[float], cfg: RunConfig
                ) -> tuple[dict[tuple[str, float], Any], dict[tuple[str, float], dict], dict[str, float], list[Path]]:
     """Both models' edge scores on their inputs at every α, each model loaded once:
-    ``(scores, plans, seconds, resume_dirs)`` keyed by ``(side, α)`` (scores None for no inputs).
+    ``(scores, plans, seconds, resume_dirs)`` keyed by ``(side, α)`` (scores None for no inputs); with
+    ``cfg.faithfulness`` each score's faithfulness curve rides in its ``meta["faithfulness"]``.
     Finished batches are saved under ``resume_dirs`` as they finish, so an interrupted run resumes;
     the caller deletes them once the scores are kept."""
     import torch
 
+    from ..cache import cache_dir, stable_hash
     from ..engine.attribution import score_inputs
     from ..engine.graph import ResidualGraph
     from ..models import load_model
+    from .store import model_fingerprint
 
     dtype = cfg.dtype_for(pair)
     r = pair.resolved()
     scores: dict[tuple[str, float], Any] = {}
     plans: dict[tuple[str, float], dict] = {}  # how each side's samples were batched (memory planning)
+    faithful: dict[tuple[str, float], dict] = {}
     seconds: dict[str, float] = {}
     resume_dirs: list[Path] = []
     budget = cfg.memory_budget or ("auto" if cfg.device.startswith("cuda") else None)
@@ -80,17 +89,27 @@ def score_pair(pair: PairSpec, selections: Mapping[float, Any], alphas: Sequence
             if len(inputs) == 0:
                 scores[(side, a)] = None
                 continue
-            resume = resume_dir(spec, inputs, graph, dtype, cfg)
-            resume_dirs.append(resume)
+            if cfg.share_scores:  # per-sample files, kept for other pairs of this model (and for resuming)
+                share = {"sample_cache": cache_dir("scores"), "cache_key": stable_hash(
+                    model_fingerprint(spec.path, spec.revision, spec.gguf_file), 24)}
+            else:  # per-batch files of this call, deleted once the case is measured
+                resume = resume_dir(spec, inputs, graph, dtype, cfg)
+                resume_dirs.append(resume)
+                share = {"resume_dir": resume, "cache_key": resume.name}
             scores[(side, a)] = score_inputs(model, inputs, pad_token_id=pad, graph=graph,
                                              batch_size=cfg.batch_size, progress=cfg.progress,
-                                             resume_dir=resume, cache_key=resume.name, memory_budget=budget,
-                                             checkpointing="auto" if budget else False)
-            plans[(side, a)] = scores[(side, a)].meta["plan"]
+                                             memory_budget=budget, checkpointing="auto" if budget else False,
+                                             **share, **attribution_kwargs(cfg))
+            plans[(side, a)] = {**scores[(side, a)].meta["plan"],
+                                "shared_samples": scores[(side, a)].meta.get("shared_samples", 0)}
+            if cfg.faithfulness:
+                faithful[(side, a)] = faithfulness_of(model, inputs, scores[(side, a)], pad, cfg)
         del model
         if cfg.device.startswith("cuda"):
             torch.cuda.empty_cache()
         seconds[side] = time.perf_counter() - t1
+    for key, curve in faithful.items():
+        scores[key].meta["faithfulness"] = curve
     return scores, plans, seconds, resume_dirs
 
 
@@ -128,7 +147,8 @@ def _measure(pair: PairSpec, dataset: str, alphas: Sequence[float], cfg: RunConf
         t_stats = time.perf_counter() - t2
         prov = provenance(cfg.device, dtype,
                           models={s: model_provenance(m) for s, m in (("base", pair.base), ("tuned", pair.tuned))},
-                          placement={"device_map": cfg.device_map, "max_memory": cfg.max_memory},
+                          placement={"device_map": cfg.device_map, "max_memory": cfg.max_memory,
+                                     "share_scores": cfg.share_scores},
                           generation=generation_stats(selections[a].report.extra),
                           attribution_plan={side: plans.get((side, a)) for side in ("base", "tuned")},
                           seconds={"prepare_all_alphas": round(t_prepare, 2),
@@ -167,7 +187,7 @@ def resume_dir(spec, inputs, graph, dtype: str, cfg: RunConfig) -> Path:
                        "prompt_lengths": list(inputs.prompt_lengths), "t_cut": inputs.t_cut,
                        "granularity": graph.granularity, "sources": list(graph.sources),
                        "destinations": list(graph.destinations), "dtype": str(dtype), "device": cfg.device,
-                       "batch_size": cfg.batch_size}, 24)
+                       "batch_size": cfg.batch_size, **attribution_kwargs(cfg)}, 24)
     return cache_dir("attribution", key)
 
 
@@ -194,12 +214,14 @@ def prune_stale_resume_dirs(max_age_days: float = RESUME_MAX_AGE_DAYS) -> list[P
     return gone
 
 
-def bootstrap_metrics(base, tuned, cfg: RunConfig, metric_names: Sequence[str]) -> tuple[dict, dict, dict]:
-    """Bootstrap every claim metric; figure data (mean |W| per edge, entropy per node)."""
-    import numpy as np
+STABILITY_RESAMPLES = 1000  # top-k stability resamples (at most the run's n_resamples)
 
-    from ..analysis import metrics as M
+
+def bootstrap_metrics(base, tuned, cfg: RunConfig, metric_names: Sequence[str]) -> tuple[dict, dict, dict]:
+    """Bootstrap every claim metric; figure data (:func:`figure_data`); top-k stability and faithfulness
+    (when scored) per side in the extras."""
     from ..analysis import stats
+    from ..analysis.stability import topk_stability
 
     if base is None or tuned is None:
         return {}, {}, {"empty": True}
@@ -216,17 +238,17 @@ def bootstrap_metrics(base, tuned, cfg: RunConfig, metric_names: Sequence[str]) 
             log.warning("metric %s undefined: %s", name, exc)
             continue
         out[name] = plain(res.to_dict())
-    g = base.graph
-    m_np = mask.cpu().numpy().astype(bool)
-    figures = {
-        "sources": list(g.sources), "destinations": list(g.destinations), "edge_mask": m_np.tolist(),
-        "mean_abs_base": np.where(m_np, bs.abs().mean(0).cpu().numpy(), 0.0).tolist(),
-        "mean_abs_tuned": np.where(m_np, ts.abs().mean(0).cpu().numpy(), 0.0).tolist(),
-        "entropy_per_node_base": np.nan_to_num(M.output_edge_entropy_per_node(bs, mask), nan=0.0).tolist(),
-        "entropy_per_node_tuned": np.nan_to_num(M.output_edge_entropy_per_node(ts, mask), nan=0.0).tolist(),
-        "n": int(bs.shape[0]),
-    }
+    figures = figure_data(base, tuned)
     extra: dict[str, Any] = {"metric_errors": errors} if errors else {}
+    for side, es in (("base", base), ("tuned", tuned)):
+        if "faithfulness" in es.meta:
+            extra.setdefault("faithfulness", {})[side] = es.meta["faithfulness"]
+        try:  # how much of each top-k edge set survives a resample of the samples (SPEC §11)
+            st = topk_stability(es.edge_vectors(), n_resamples=min(cfg.n_resamples, STABILITY_RESAMPLES),
+                                seed=cfg.bootstrap_seed, confidence=cfg.confidence, progress=False)
+            extra.setdefault("stability", {})[side] = plain(st.to_dict())
+        except ValueError as exc:
+            extra.setdefault("stability", {})[side] = {"error": str(exc)}
     try:
         df = stats.complexity_sensitivity(bs, ts, mask, n_resamples=cfg.n_resamples, seed=cfg.bootstrap_seed,
                                           confidence=cfg.confidence)
@@ -234,3 +256,44 @@ def bootstrap_metrics(base, tuned, cfg: RunConfig, metric_names: Sequence[str]) 
     except ValueError as exc:
         extra["complexity_sensitivity_error"] = str(exc)
     return out, figures, extra
+
+
+def figure_data(base, tuned) -> dict[str, Any]:
+    """What the report's figures need: mean |W| and mean W per edge, output entropy per source node.
+
+    Head-level matrices are summed over heads to the qkv graph (``mean_abs`` then is the sum of the heads'
+    mean |W|, ``mean`` exactly the qkv graph's mean W; the entropy per node stays per head), which keeps a
+    7B model's figure data at qkv size."""
+    import numpy as np
+
+    from ..analysis import metrics as M
+
+    g = base.graph
+    bs, ts = base.scores, tuned.scores
+    out: dict[str, Any] = {
+        "entropy_per_node_base": np.nan_to_num(M.output_edge_entropy_per_node(bs, g.edge_mask), nan=0.0).tolist(),
+        "entropy_per_node_tuned": np.nan_to_num(M.output_edge_entropy_per_node(ts, g.edge_mask), nan=0.0).tolist(),
+        "entropy_sources": list(g.sources), "n": int(bs.shape[0]), "granularity": g.granularity}
+    means = {"mean_abs_base": bs.abs().mean(0), "mean_abs_tuned": ts.abs().mean(0),
+             "mean_base": bs.mean(0), "mean_tuned": ts.mean(0)}
+    if g.granularity == "head":
+        means = {k: g.to_qkv(v) for k, v in means.items()}
+        g = type(g)(g.n_layers, "qkv", g.model_type)
+    m_np = g.edge_mask.cpu().numpy().astype(bool)
+    out.update({"sources": list(g.sources), "destinations": list(g.destinations), "edge_mask": m_np.tolist()})
+    out.update({k: np.where(m_np, v.cpu().numpy(), 0.0).tolist() for k, v in means.items()})
+    return out
+
+
+def faithfulness_of(model, inputs, edge_scores, pad_token_id: int, cfg: RunConfig) -> dict[str, Any]:
+    """The model's faithfulness curve (SPEC §11) on these inputs, for the circuit its mean edge scores pick;
+    ``{"error": why}`` where it cannot be computed (reported beside the claims, never silently left out)."""
+    from ..engine.faithfulness import faithfulness_curve
+
+    try:
+        curve = faithfulness_curve(model, inputs, edge_scores.scores.mean(0), edge_scores.graph,
+                             pad_token_id=pad_token_id, batch_size=cfg.batch_size, progress=cfg.progress)
+    except (ValueError, NotImplementedError) as exc:
+        log.warning("faithfulness of %s not computed: %s", inputs.model, exc)
+        return {"error": str(exc)}
+    return plain(curve.to_dict())

@@ -22,7 +22,14 @@ class RunConfig:
     beta: float = 0.5
     gamma: float = 1.5
     delta: float = 0.5
-    granularity: str = "qkv"
+    granularity: str = "qkv"  # qkv (the paper's), block, or head (SPEC §2)
+    # Edge scores: "eap" (SPEC §3, the paper's: one forward+backward) or "eap-ig" (SPEC §11: integrated
+    # gradients over ig_steps forward+backward passes from a zero baseline).
+    attribution: str = "eap"
+    ig_steps: int = 5  # only with attribution="eap-ig" (not part of an "eap" run's key)
+    # Faithfulness curves (SPEC §11) of both models on each case's inputs, from their mean edge scores:
+    # 2 x 10 patched forward passes more per model and alpha; reported beside the claims.
+    faithfulness: bool = True
     device: str = "cpu"
     dtype: str | None = None  # None: each pair's own dtype
     n_resamples: int = 9999
@@ -50,6 +57,16 @@ class RunConfig:
     # cached under one key for both backends (eapbench.pipeline.generate), so not part of a measurement's
     # key either; each side's backend and tokens/s are recorded in its provenance.
     backend: str = "hf"
+    # Keep every sample's scores under $EAPBENCH_CACHE/scores (model fingerprint, graph, dtype, method, token
+    # ids) and reuse them: a model shared by several pairs is attributed once per sample. A reused sample was
+    # computed in another batch (equal up to float summation order, ~1e-6, well inside the baseline
+    # tolerances), so like placement it is not part of a measurement's key; recorded in its provenance.
+    share_scores: bool = False
+
+    @property
+    def setting(self) -> str:
+        """The attribution setting's name: graph granularity / method, e.g. "qkv/EAP", "head/EAP", "qkv/EAP-IG"."""
+        return f"{self.granularity}/{self.attribution.upper()}"
 
     def dtype_for(self, pair: PairSpec) -> str:
         return self.dtype or pair.dtype
@@ -62,8 +79,10 @@ class RunConfig:
 
     def key_dict(self, pair: PairSpec) -> dict[str, Any]:
         d = asdict(self)
-        for placement_only in ("progress", "device_map", "max_memory", "backend"):
+        for placement_only in ("progress", "device_map", "max_memory", "backend", "share_scores"):
             d.pop(placement_only)
+        if self.attribution == "eap":
+            d.pop("ig_steps")
         d.update(dtype=self.dtype_for(pair), limit=self.limit_for(pair), gen_batch_size=self.gen_batch_for(pair))
         return d
 

@@ -146,6 +146,20 @@ def check_run_options(*, device: str, n_samples: Any, n_resamples: Any, batch_si
     check_device("--device", device)
 
 
+ATTRIBUTION_METHODS = ("eap", "eap-ig")
+GRANULARITY_CHOICES = ("qkv", "block", "head")
+
+
+def check_attribution(method: str, ig_steps: Any, granularity: str, flag: str = "--method") -> None:
+    """``flag`` (the attribution method: eap, the paper's; eap-ig, SPEC §11), ``--ig-steps``, ``--granularity``."""
+    if method not in ATTRIBUTION_METHODS:
+        raise OptionError(f"{flag} {method}: unknown; use eap (the paper's one-pass EAP) or eap-ig "
+                          "(integrated gradients, --ig-steps passes)")
+    check_int("--ig-steps", ig_steps, fix="the number of integrated-gradient steps, e.g. 5")
+    if granularity not in GRANULARITY_CHOICES:
+        raise OptionError(f"--granularity {granularity}: unknown; use one of {', '.join(GRANULARITY_CHOICES)}")
+
+
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
@@ -217,7 +231,16 @@ def check_gen_token_budget(flag: str, value: Any) -> int | None:
 # --------------------------------------------------------------------------- models
 
 def is_zoo_folder(path: str) -> bool:
-    """A folder holding a mini-zoo model (its ``model_card.json`` names the 'mini' prompt format)."""
+    """A folder holding a mini-zoo model (its ``model_card.json`` names the 'mini' prompt format), or a
+    PEFT adapter on one."""
+    if P.is_adapter(path):
+        from ..models import AdapterError, adapter_chain
+
+        try:
+            chain = adapter_chain(path)
+        except AdapterError:
+            return False
+        return chain is not None and is_zoo_folder(chain.base)
     if path.startswith(P.ZOO_PREFIX):
         return True
     card = Path(os.path.expanduser(path)) / "model_card.json"
@@ -329,12 +352,19 @@ def hub_probe(repo: str, revision: str | None = None, timeout: float = 5.0) -> s
 
 @dataclass(frozen=True)
 class ModelCheck:
-    kind: str  # zoo | local | gguf | hub-cached | hub
+    kind: str  # zoo | local | gguf | hub-cached | hub | smollm2 | adapter (folder: its tokenizer's)
     folder: Path | None  # local folder (resolved zoo checkpoint, folder of a GGUF), else None
 
 
 def check_model(flag: str, value: str, spec: ModelSpec, *, side: str, probe_hub: bool = True) -> ModelCheck:
     """That ``spec`` (given by the user as ``flag value``) can be loaded here, without loading it."""
+    if P.is_adapter(spec.path):
+        return _check_adapter(flag, value, spec, side=side, probe_hub=probe_hub)
+    if spec.path == P.SMOLLM2_NAME:
+        why = P.weights_missing(spec)
+        if why:
+            raise OptionError(f"{flag} {value}: the {side} model is missing: {why}")
+        return ModelCheck("smollm2", None)
     rebuild = "rebuild the zoo with `eapbench zoo train`" if value.startswith(P.ZOO_PREFIX) else \
         "re-download or rebuild the model"
     if spec.path.startswith(P.ZOO_PREFIX):
@@ -393,6 +423,34 @@ def check_model(flag: str, value: str, spec: ModelSpec, *, side: str, probe_hub:
     return ModelCheck("hub", None)
 
 
+def _check_adapter(flag: str, value: str, spec: ModelSpec, *, side: str, probe_hub: bool) -> ModelCheck:
+    """A PEFT adapter (:func:`eapbench.models.load_model`): each adapter's weights, then its base as a model."""
+    from dataclasses import replace
+
+    from ..models import ADAPTER_WEIGHTS, AdapterError, adapter_chain
+
+    try:
+        chain = adapter_chain(spec.path, spec.gguf_file)
+    except AdapterError as exc:
+        raise OptionError(f"{flag} {value}: {exc}") from None
+    assert chain is not None
+    for folder in chain.adapters:
+        files = [folder / w for w in ADAPTER_WEIGHTS if (folder / w).is_file()]
+        if not files:
+            raise OptionError(f"{flag} {value}: PEFT adapter {folder} has no weights ({' or '.join(ADAPTER_WEIGHTS)}); "
+                              "save it with save_pretrained")
+        why = safetensors_problem(files[0]) if files[0].suffix == ".safetensors" else None
+        if why:
+            raise OptionError(f"{flag} {value}: the {side} model's PEFT adapter is broken: {why}; save it again")
+    base, gguf = P.split_gguf(chain.base)
+    try:
+        mc = check_model(flag, value, replace(spec, path=base, gguf_file=gguf), side=f"{side} model's base",
+                         probe_hub=probe_hub)
+    except OptionError as exc:
+        raise OptionError(f"{exc}; it is {chain.base_hint()}") from None
+    return ModelCheck("adapter", chain.tokenizer_folder() or (mc.folder if mc.kind in ("local", "zoo") else None))
+
+
 def check_template(flag: str, template: str, models: Mapping[str, tuple[str, ModelCheck]]) -> None:
     """The template exists; a chat template needs each local model's tokenizer to carry one.
 
@@ -407,7 +465,7 @@ def check_template(flag: str, template: str, models: Mapping[str, tuple[str, Mod
     if not t.chat:
         return
     for mflag, (value, mc) in models.items():
-        if mc.kind in ("local", "zoo") and mc.folder is not None and not has_chat_template(mc.folder):
+        if mc.kind in ("local", "zoo", "adapter") and mc.folder is not None and not has_chat_template(mc.folder):
             hint = (" (this is a mini-zoo model: use --template mini)" if is_zoo_folder(str(mc.folder)) else "")
             raise OptionError(f"{mflag} {value}: its tokenizer has no chat template, and the prompt template "
                               f"{template!r} is rendered by it; pass {flag} with a plain template name or a "

@@ -3,7 +3,9 @@
 A :class:`PairSpec` is plain data: two :class:`~eapbench.records.ModelSpec` (base, tuned),
 the post-training method, the family and what running it needs. Mini-zoo models are
 referenced as ``zoo:<name>`` and resolved lazily through :func:`eapbench.zoo.checkpoint_path`,
-so importing the registry never touches the zoo. :func:`select_pairs` turns the suite's
+so importing the registry never touches the zoo; ``smollm2`` names the offline SmolLM2-135M-Instruct,
+and a PEFT adapter folder (or ``BASE+ADAPTER[+ADAPTER...]``) works wherever a model is named
+(:func:`eapbench.models.load_model`). :func:`select_pairs` turns the suite's
 ``--pairs`` / ``--pair`` options into PairSpecs; :meth:`PairSpec.availability` says why a pair
 cannot run here (no GPU, no weights), with the command that would run it.
 """
@@ -19,7 +21,8 @@ from typing import Any, Iterable, Mapping
 from ..records import ModelSpec
 
 ZOO_PREFIX = "zoo:"
-GROUPS = ("mini", "paper", "lineages")
+SMOLLM2_NAME = "smollm2"  # the offline SmolLM2-135M-Instruct (eapbench.models.SMOLLM2_NAME)
+GROUPS = ("mini", "paper", "lineages", "smol")
 METHODS = ("grpo", "ppo", "rlvr", "dpo", "dpo+rlvr", "sft")
 
 # One place for the defaults of each group (SPEC §4: α list; §7: datasets).
@@ -32,6 +35,14 @@ MINI_ALPHAS = (0.3, 0.5)
 MINI_GEN_BATCH = 64
 MINI_MAX_NEW_TOKENS = 64  # reference solutions take at most 42 tokens of the zoo tokenizer (+ EOS)
 MINI_LIMIT: int | None = 500  # the first 500 held-out problems: ~60% solved by the SFT model, >= 100 pairs survive
+
+# The smol lineage (eapbench.zoo.smol): LoRA adapters of SmolLM2-135M-Instruct shipped in the zoo's checkpoint
+# folder, each naming ``smollm2`` as its base; not in the default run (`pytest suites/ --pairs smol`).
+SMOL_DATASETS = ("synthetic",)
+SMOL_ALPHAS = (0.3,)
+SMOL_GEN_BATCH = 50
+SMOL_MAX_NEW_TOKENS = 64  # reference solutions take at most 43 SmolLM2 tokens (+ EOS)
+SMOL_LIMIT: int | None = 200  # the first 200 held-out problems: ~74% solved by smol-sft, >= 100 pairs survive
 
 GPU_COMMAND = "pytest suites/ --pairs {group} --device cuda --dtype bfloat16"
 
@@ -107,8 +118,11 @@ def _cuda_ready(device: str) -> bool:
 
 
 def resolve_model(spec: ModelSpec) -> ModelSpec:
-    """Replace a ``zoo:<name>`` path by the shipped checkpoint folder (:func:`eapbench.zoo.checkpoint_path`)."""
-    if not spec.path.startswith(ZOO_PREFIX):
+    """Replace a ``zoo:<name>`` path by the shipped checkpoint folder (:func:`eapbench.zoo.checkpoint_path`).
+
+    ``smollm2`` and PEFT adapters (``BASE+ADAPTER``, adapter folders) stay as named:
+    :mod:`eapbench.models` resolves them where they are loaded or fingerprinted."""
+    if not spec.path.startswith(ZOO_PREFIX) or is_adapter(spec.path):
         return spec
     name = spec.path[len(ZOO_PREFIX):]
     try:
@@ -126,6 +140,19 @@ def model_provenance(spec: ModelSpec) -> dict[str, Any]:
     weights file (computed from the file, so it is what was measured, whatever the card says),
     never as the storing machine's absolute checkpoint folder."""
     out: dict[str, Any] = {"path": spec.path, "revision": spec.revision, "name": spec.name, "template": spec.template}
+    from ..models import adapter_chain
+
+    chain = adapter_chain(spec.path, spec.gguf_file)
+    if chain is not None:
+        out["adapter"] = adapter_provenance(chain, spec)
+        return out
+    if spec.path == SMOLLM2_NAME:
+        from ..cache import file_sha256
+        from ..models import smollm2_gguf_path
+
+        gguf = smollm2_gguf_path()
+        out["sha256"] = {gguf.name: file_sha256(gguf)}
+        return out
     if spec.path.startswith(ZOO_PREFIX):
         from ..cache import file_sha256
 
@@ -136,8 +163,37 @@ def model_provenance(spec: ModelSpec) -> dict[str, Any]:
     return out
 
 
+def adapter_provenance(chain, spec: ModelSpec) -> dict[str, Any]:
+    """``{path, sha256, base}`` of a chain's last adapter; ``base`` is the provenance of what it was
+    applied to: the plain base model, or (chained adapters) the same record of the adapter before it."""
+    from ..models import adapter_sha256
+
+    parent = chain.parent()
+    base = (adapter_provenance(parent, spec) if parent is not None
+            else model_provenance(ModelSpec(chain.base, spec.template, revision=spec.revision)))
+    last = chain.adapters[-1]
+    return {"path": str(last), "sha256": adapter_sha256(last), "base": base}
+
+
+def is_adapter(path: str) -> bool:
+    """Whether a model name is a PEFT adapter: a folder with ``adapter_config.json`` or ``BASE+ADAPTER``."""
+    from ..models import is_adapter_name
+
+    return is_adapter_name(path)
+
+
 def weights_missing(spec: ModelSpec) -> str | None:
     """Why ``spec``'s weights are not on this machine (``None`` if they are)."""
+    if is_adapter(spec.path):
+        return _adapter_missing(spec)
+    if spec.path == SMOLLM2_NAME:
+        from ..models import smollm2_gguf_path
+
+        try:
+            smollm2_gguf_path()
+        except FileNotFoundError as exc:
+            return f"the offline SmolLM2 model {SMOLLM2_NAME!r} ({exc})"
+        return None
     if spec.path.startswith(ZOO_PREFIX):
         try:
             path = Path(resolve_model(spec).path)
@@ -163,6 +219,22 @@ def weights_missing(spec: ModelSpec) -> str | None:
         rev = f" --revision {spec.revision}" if spec.revision else ""
         return f"weights of {spec.path} (`hf download {spec.path}{rev}`)"
     return f"a model at {spec.path} (no such folder)"
+
+
+def _adapter_missing(spec: ModelSpec) -> str | None:
+    from ..models import ADAPTER_WEIGHTS, AdapterError, adapter_chain
+
+    try:
+        chain = adapter_chain(spec.path, spec.gguf_file)
+    except AdapterError as exc:
+        return f"a usable PEFT adapter {spec.path} ({exc})"
+    assert chain is not None
+    for folder in chain.adapters:
+        if not any((folder / w).is_file() for w in ADAPTER_WEIGHTS):
+            return f"the weights of PEFT adapter {folder} (no {' or '.join(ADAPTER_WEIGHTS)})"
+    base, gguf = split_gguf(chain.base)
+    why = weights_missing(ModelSpec(base, spec.template, revision=spec.revision, gguf_file=gguf))
+    return None if why is None else f"{why}, {chain.base_hint()}"
 
 
 def _looks_like_hub_id(path: str) -> bool:
@@ -200,6 +272,20 @@ def _mini(id: str, tuned: str, method: str, description: str) -> PairSpec:
         gen_batch_size=MINI_GEN_BATCH, limit=MINI_LIMIT, description=description)
 
 
+def smol_adapter_path(name: str) -> str:
+    """Folder of the shipped smol adapter ``name`` (a PEFT adapter folder; nothing is imported or loaded)."""
+    return str(Path(__file__).resolve().parents[1] / "zoo" / "checkpoints" / name)
+
+
+def _smol(id: str, tuned: str, method: str, description: str) -> PairSpec:
+    return PairSpec(
+        id=id, method=method, family="smollm2", group="smol",
+        base=ModelSpec(smol_adapter_path("smol-sft"), "mini", max_new_tokens=SMOL_MAX_NEW_TOKENS, name="smol-sft"),
+        tuned=ModelSpec(smol_adapter_path(tuned), "mini", max_new_tokens=SMOL_MAX_NEW_TOKENS, name=tuned),
+        datasets=SMOL_DATASETS, alphas=SMOL_ALPHAS, requires_gpu=False, dtype="float32",
+        gen_batch_size=SMOL_GEN_BATCH, limit=SMOL_LIMIT, description=description)
+
+
 _OLMO = "allenai/OLMo-2-0425-1B-"
 _TULU = "allenai/Llama-3.1-Tulu-3-8B"
 
@@ -228,6 +314,9 @@ REGISTRY: dict[str, PairSpec] = {p.id: p for p in (
     _mini("mini-dpo", "dpo", "dpo", "mini SFT -> offline DPO"),
     _mini("mini-grpo-t0.6", "grpo-t0.6", "grpo",
           "temperature control: GRPO with sampling temperature 0.6 instead of 1.0"),
+    # The smol lineage (eapbench.zoo.smol): SmolLM2-135M-Instruct LoRA SFT -> GRPO / offline DPO.
+    _smol("smol-grpo", "smol-grpo", "grpo", "SmolLM2-135M LoRA SFT -> GRPO (eapbench.zoo.smol)"),
+    _smol("smol-dpo", "smol-dpo", "dpo", "SmolLM2-135M LoRA SFT -> offline DPO (eapbench.zoo.smol)"),
 )}
 
 

@@ -211,7 +211,7 @@ def figures(results: Sequence[Mapping[str, Any]], outdir: str | Path) -> list[Pa
         x = np.arange(len(eb))
         ax.plot(x, eb, "o-", label="base", ms=3)
         ax.plot(x, et, "s-", label="tuned", ms=3)
-        ax.set_xticks(x, f["sources"][:len(eb)], fontsize=6, rotation=90)
+        ax.set_xticks(x, f.get("entropy_sources", f["sources"])[:len(eb)], fontsize=6, rotation=90)
         ax.set_ylabel("normalised output-edge entropy")
         ax.set_title(f"Output-edge entropy per source node, {tag}", fontsize=9)
         ax.legend()
@@ -244,8 +244,9 @@ def _save(fig, path: Path) -> Path:
 
 # What write_report owns in a report folder: these names, and figures named by these patterns.
 # Anything else in the folder (a user's notes, other tools' files) is never touched.
-OWNED_FILES = ("results.json", "table1.md", "figure_data.json")
-OWNED_FIGURES = ("fig2-edge-change-*.png", "fig3a-diversity.png", "fig3b-output-entropy-*.png", "forest.png")
+OWNED_FILES = ("results.json", "table1.md", "figure_data.json", "faithfulness.md", "stability.md", "robustness.md")
+OWNED_FIGURES = ("fig2-edge-change-*.png", "fig3a-diversity.png", "fig3b-output-entropy-*.png", "forest.png",
+                 "fig-faithfulness.png")
 
 
 def owned_files(outdir: str | Path) -> list[Path]:
@@ -292,6 +293,7 @@ def write_report(results: Sequence[Mapping[str, Any]], outdir: str | Path, *,
     removed; other files in the folder are left alone.
     """
     from .baselines import paper_reference
+    from .diagnostics import write_diagnostics
 
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -313,7 +315,9 @@ def write_report(results: Sequence[Mapping[str, Any]], outdir: str | Path, *,
              "markdown": atomic_write_text(out / "table1.md", md + "\n"),
              "figure_data": write_figure_data(results, out / "figure_data.json"),
              "figures": figures(results, out) if with_figures else []}
-    written = {Path(paths["json"]), Path(paths["markdown"]), Path(paths["figure_data"]), *map(Path, paths["figures"])}
+    paths["diagnostics"] = write_diagnostics(results, out, with_figures=with_figures)
+    written = {Path(paths["json"]), Path(paths["markdown"]), Path(paths["figure_data"]), *map(Path, paths["figures"]),
+               *paths["diagnostics"]}
     for stale in earlier:
         if stale not in written:
             stale.unlink(missing_ok=True)

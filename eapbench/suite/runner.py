@@ -8,6 +8,7 @@ generation and model loading), and judges it with :func:`~eapbench.suite.verdict
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,7 +19,15 @@ from .pairs import PairSpec
 from .store import MeasurementStore
 from .verdicts import verdict_for
 
-__all__ = ["Measurement", "NotMeasured", "RunConfig", "Runner", "case_id"]
+__all__ = ["Measurement", "NotMeasured", "ROBUSTNESS_VARIANTS", "RunConfig", "Runner", "case_id"]
+
+# The attribution settings the robustness table compares (issue 13): the paper's graph and method, per-head
+# graphs as MIB scores them, and integrated gradients.
+ROBUSTNESS_VARIANTS: dict[str, dict[str, str]] = {
+    "qkv/EAP": {"granularity": "qkv", "attribution": "eap"},
+    "head/EAP": {"granularity": "head", "attribution": "eap"},
+    "qkv/EAP-IG": {"granularity": "qkv", "attribution": "eap-ig"},
+}
 
 
 class NotMeasured(Exception):
@@ -39,6 +48,7 @@ class Runner:
         self._alphas = tuple(float(a) for a in alphas) if alphas else None
         self.store = MeasurementStore(config, use_disk=use_disk_cache, root=cache_root)
         self._errors: dict[str, BaseException] = {}
+        self._variants: dict[str, Runner] = {}
 
     # --- the plan --------------------------------------------------------------------------
     def datasets_for(self, pair: PairSpec) -> tuple[str, ...]:
@@ -81,6 +91,41 @@ class Runner:
                     self._errors[case_id(pair.id, dataset, a)] = exc
                 raise
             return self.store.get(pair, dataset, alpha)
+
+    # --- the same cases under other attribution settings (robustness) ---------------------------
+    def variant(self, name: str) -> "Runner":
+        """This session's runner with the attribution settings of :data:`ROBUSTNESS_VARIANTS` ``name``
+        (itself when they are its own); variants share the pairs, claims and caches."""
+        cfg = replace(self.config, **ROBUSTNESS_VARIANTS[name])
+        if cfg == self.config:
+            return self
+        if name not in self._variants:
+            self._variants[name] = Runner(list(self.pairs.values()), cfg, datasets=self._datasets,
+                                          alphas=self._alphas, claims=self.claims, use_disk_cache=self.store.use_disk,
+                                          cache_root=self.store._root)
+        return self._variants[name]
+
+    def robustness(self, pair: PairSpec | str, dataset: str, alpha: float, *,
+                   measure: bool = True) -> dict[str, dict[str, ClaimVerdict]]:
+        """Variant name -> claim -> verdict for one case under every :data:`ROBUSTNESS_VARIANTS` setting.
+        With ``measure=False`` only variants already measured are included."""
+        pair = self.pairs[pair] if isinstance(pair, str) else pair
+        cls = self.method_class(pair)
+        out: dict[str, dict[str, ClaimVerdict]] = {}
+        for name in ROBUSTNESS_VARIANTS:
+            runner = self.variant(name)
+            if runner is not self and not measure and runner.store.get(pair, dataset, alpha) is None:
+                continue
+            verdicts = {}
+            for c in self.claims:
+                if not c.expectation(cls):
+                    continue
+                try:
+                    verdicts[c.id] = runner.verdict(pair, dataset, alpha, c.id, measure=measure)
+                except NotMeasured:
+                    continue
+            out[name] = verdicts
+        return out
 
     # --- verdicts ----------------------------------------------------------------------------
     def _get(self, pair: PairSpec, dataset: str, alpha: float, measure: bool) -> Measurement:
@@ -150,9 +195,13 @@ class Runner:
                     except NotMeasured as exc:
                         missing[c.id] = str(exc)
                         continue
-                    d["verdicts"][c.id] = {**v.to_dict(), "known_deviation": self.claims.deviation(m.pair, c.id)}
+                    d["verdicts"][c.id] = {**v.to_dict(),
+                                           "known_deviation": self.claims.deviation(m.pair, c.id, self.config.setting)}
                 if missing:
                     d["verdicts_unavailable"] = missing
+                if self._variants:  # --robustness: the verdicts under the other attribution settings
+                    d["robustness"] = {name: {cid: v.to_dict() for cid, v in vs.items()}
+                                       for name, vs in self.robustness(pair, m.dataset, m.alpha, measure=False).items()}
             except Exception as exc:  # a failing comparator must not hide the rest of the report
                 d["verdicts"] = {}
                 d["verdict_error"] = f"{type(exc).__name__}: {exc}"

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 MEASUREMENT_VERSION = 1
 # Modules (relative to the package) whose source is part of the cache key: change one and cached
 # measurements are recomputed.
-CODE_MODULES = ("engine/architectures", "engine/attribution", "engine/graph", "analysis/metrics", "analysis/stats",
+CODE_MODULES = ("engine/architectures", "engine/attribution", "engine/graph", "engine/integrated_gradients",
+                "engine/faithfulness", "analysis/metrics", "analysis/stats", "analysis/stability",
                 "pipeline/data", "pipeline/generate", "pipeline/grading", "pipeline/paired", "pipeline/prompts",
                 "pipeline/selection", "pipeline/synthetic", "suite/measure", "models", "records")
 
@@ -39,7 +40,14 @@ def code_fingerprint() -> str:
 def model_fingerprint(path: str, revision: str | None = None, gguf_file: str | None = None,
                       max_hash_bytes: int = 256 << 20) -> dict[str, Any]:
     """Identity of a model for cache keys: file hashes for small local folders, sizes and
-    modification times for big ones, the hub id and revision otherwise."""
+    modification times for big ones, the hub id and revision otherwise; a PEFT adapter: its files'
+    sha256 and its base's fingerprint (:meth:`eapbench.models.AdapterChain.fingerprint`)."""
+    from ..models import adapter_chain, resolve_plain
+
+    chain = adapter_chain(path, gguf_file)
+    if chain is not None:
+        return chain.fingerprint(lambda base, gguf: model_fingerprint(base, revision, gguf, max_hash_bytes))
+    path, gguf_file = resolve_plain(path, gguf_file)
     p = Path(path)
     if not p.exists():
         return {"hub": path, "revision": revision, "gguf_file": gguf_file}

@@ -46,4 +46,12 @@ def card(name: str) -> dict:
     return read_card(checkpoint_path(name))
 
 
+def _register_names() -> None:
+    from ..models import ZOO_PREFIX, register_name_prefix
+
+    register_name_prefix(ZOO_PREFIX, checkpoint_path)  # zoo:<name> wherever a model is named
+
+
+_register_names()
+
 __all__ = ["NAMES", "PARENT", "TEMPLATE", "checkpoint_path", "default_checkpoint_dir", "load", "card"]

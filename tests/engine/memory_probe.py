@@ -11,7 +11,8 @@ Random-init models from a config alone (no weights downloaded); one torch thread
 warm-up call first so one-time allocations (thread pools, oneDNN kernels) are not counted.
 Keys: shape (see SHAPES), layers, T, B (1), dtype ("bfloat16"), checkpointing (false),
 granularity ("qkv"), mode ("eap" = attribute(), "bound" = bound_step of the benchmark),
-targets ("half": the second half of each row is scored, as in the benchmark; "all").
+targets ("half": the second half of each row is scored, as in the benchmark; "all"), method ("eap";
+"eap-ig"), steps (EAP-IG's m, default 5) and baseline ("zero"; "tokens": random corrupted ids).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def measure(spec: dict) -> dict:
     from eapbench.engine.graph import ResidualGraph
 
     spec = {"B": 1, "dtype": "bfloat16", "checkpointing": False, "granularity": "qkv", "mode": "eap",
-            "targets": "half", "attn_implementation": "sdpa", "threads": 1, **spec}
+            "targets": "half", "attn_implementation": "sdpa", "threads": 1, "method": "eap", "steps": None,
+            "baseline": "zero", **spec}
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     config = make_config(spec["shape"], spec["layers"], spec["attn_implementation"])
@@ -78,6 +80,12 @@ def measure(spec: dict) -> dict:
         ids, mask = inputs(T)
         if spec["mode"] == "bound":
             bound_step(model, ids, mask)
+        elif spec["method"] == "eap-ig":
+            base = None
+            if spec["baseline"] == "tokens":
+                base = torch.randint(0, config.vocab_size, ids.shape, generator=torch.Generator().manual_seed(1))
+            attribute(model, ids, mask, graph=graph, checkpointing=spec["checkpointing"], method="eap-ig",
+                      steps=spec["steps"], baseline=base)
         else:
             attribute(model, ids, mask, graph=graph, checkpointing=spec["checkpointing"])
 
@@ -91,7 +99,9 @@ def measure(spec: dict) -> dict:
     from eapbench.engine.memory import estimate_memory
 
     est = estimate_memory(config, seq_len=T, batch_size=B, dtype=spec["dtype"], checkpointing=spec["checkpointing"],
-                          granularity=spec["granularity"], device="cpu", n_targets=n_targets)
+                          granularity=spec["granularity"], device="cpu", n_targets=n_targets,
+                          **({} if spec["method"] == "eap" else
+                             {"method": spec["method"], "steps": spec["steps"], "baseline": spec["baseline"]}))
     return {**spec, "peak_bytes": pm.peak, "seconds": round(seconds, 2), "estimate_bytes": est,
             "weights_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
 

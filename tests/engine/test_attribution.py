@@ -149,6 +149,46 @@ def test_checkpointing_gives_the_same_scores():
 
 
 # ---- the model is left as it was ------------------------------------------------------
+def _forward_hooks(model):
+    return {name: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for name, m in model.named_modules()}
+
+
+@pytest.mark.parametrize("granularity,method", [("qkv", "eap"), ("block", "eap"), ("head", "eap"), ("qkv", "eap-ig")])
+def test_checkpointing_leaves_no_forward_hook(granularity, method):
+    """transformers' activation_checkpointing_enable registers enable_input_require_grads' hook on the input
+    embeddings and its disable keeps it: attribute() removes it, so every module's hooks are as before."""
+    model = tiny_model("llama")
+    ids, mask = random_batch(seed=6)
+    graph = ResidualGraph.from_model(model, granularity)
+    before = _forward_hooks(model)
+    attribute(model, ids, mask, graph=graph, checkpointing=True, method=method)
+    assert _forward_hooks(model) == before
+    assert not model.is_activation_checkpointing and not hasattr(model, "_require_grads_hook")
+    assert not any("_gradient_checkpointing_func" in vars(m) for m in model.modules())
+
+
+def test_checkpointing_keeps_the_callers_own_hooks_modes_and_checkpointing():
+    model = tiny_model("qwen2")
+    ids, mask = random_batch(seed=6)
+    plain = attribute(model, ids, mask)
+    model.enable_input_require_grads()  # the caller's own, e.g. for adapters
+    handles = model._require_grads_hooks
+    model.train()
+    model.model.layers[0].eval()
+    modes = {n: m.training for n, m in model.named_modules()}
+    before = _forward_hooks(model)
+    for ckpt in (True, False):
+        assert torch.allclose(attribute(model, ids, mask, checkpointing=ckpt), plain, rtol=1e-6, atol=1e-9)
+        assert _forward_hooks(model) == before and model._require_grads_hooks is handles
+        assert {n: m.training for n, m in model.named_modules()} == modes
+    model.activation_checkpointing_enable({"use_reentrant": True})  # the caller checkpoints, its own way
+    func = model.model.layers[0]._gradient_checkpointing_func
+    before = _forward_hooks(model)
+    attribute(model, ids, mask, checkpointing=True)
+    assert model.is_activation_checkpointing and model.model.layers[0]._gradient_checkpointing_func is func
+    assert _forward_hooks(model) == before
+
+
 def _hook_count(model):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
 

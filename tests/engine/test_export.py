@@ -40,3 +40,23 @@ def test_rejects_per_sample_scores():
     g = ResidualGraph(2)
     with pytest.raises(ValueError, match="mean"):
         to_mib_json(g, torch.zeros(4, g.n_src, g.n_dst))
+
+
+def test_head_granularity_exports_real_heads(tmp_path):
+    """Per-head nodes a{l}.h{i}, edges a0.h1->a1.h2<k>, cfg n_heads = the real count; read back exactly."""
+    g = ResidualGraph(3, "head", "qwen2", n_heads=4)
+    scores = torch.randn(g.n_src, g.n_dst) * g.edge_mask
+    d = to_mib_json(g, scores, top_n=7, d_model=32, path=tmp_path / "h.json")
+    assert d["cfg"]["n_heads"] == 4 and d["cfg"]["granularity"] == "head"
+    assert len(d["edges"]) == g.n_edges and set(d["edges"]) == set(g.edge_names())
+    assert {"a0.h1->a1.h2<k>", "a1.h3->m1", "input->a0.h0<q>", "a2.h3->logits"} <= set(d["edges"])
+    assert set(d["nodes"]) == {"input", "logits", *(f"a{l}.h{i}" for l in range(3) for i in range(4)),
+                               *(f"m{l}" for l in range(3))}
+    assert mib_edge_name("a0.h1", "a1.h2<v>") == "a0.h1->a1.h2<v>"
+    g2, s2, ig = from_mib_json(tmp_path / "h.json")
+    assert g2 == g and torch.equal(s2, scores) and int(ig.sum()) == 7
+    assert ig.flatten()[scores.abs().flatten().topk(7).indices].all()
+    for name, e in d["edges"].items():
+        if e["in_graph"]:
+            u, v = name.split("->")
+            assert d["nodes"][u]["in_graph"] and d["nodes"][v.split("<")[0]]["in_graph"]

@@ -55,6 +55,6 @@ def test_to_block_sums_qkv_columns(L):
 
 def test_bad_granularity_and_layers():
     with pytest.raises(ValueError, match="granularity"):
-        ResidualGraph(2, "head")
+        ResidualGraph(2, "neuron")
     with pytest.raises(ValueError, match="at least one layer"):
         ResidualGraph(0)

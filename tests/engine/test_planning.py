@@ -70,6 +70,29 @@ def test_plan_invariants(lengths, batch_size, scale):
             assert all(need(w) > budget for w in widths)
 
 
+def test_eap_ig_plans_against_its_own_estimate():
+    """EAP-IG keeps a second source buffer: under the same budget it packs fewer rows, each batch's estimate
+    its own (method, steps, baseline passed through); a bad method fails with or without a budget."""
+    lengths = [2048] * 8
+    ig = dict(method="eap-ig", steps=5, baseline="tokens")
+
+    def ig_need(T, B=1):
+        return int(ALLOCATOR_OVERHEAD["cuda"] * estimate_memory(LLAMA_8B, seq_len=T, batch_size=B, dtype="bfloat16",
+                                                                device="cuda", **ig))
+    budget = need(2048, 4) + need(2048) // 20  # four rows of plain EAP
+    assert ig_need(2048, 3) < budget < ig_need(2048, 4)
+    eap = plan_batches(LLAMA_8B, lengths, batch_size=8, budget=budget, dtype="bfloat16", device="cuda")
+    plan = plan_batches(LLAMA_8B, lengths, batch_size=8, budget=budget, dtype="bfloat16", device="cuda", **ig)
+    assert [len(b.rows) for b in eap] == [4, 4] and [len(b.rows) for b in plan] == [3, 3, 2]
+    assert [b.estimate for b in plan] == [ig_need(2048, 3)] * 2 + [ig_need(2048, 2)]
+    with pytest.raises(PlanError, match="even with checkpointing"):
+        plan_batches(LLAMA_8B, [8192], batch_size=1, budget=int(ig_need(8192) * 0.3), checkpointing="auto",
+                     dtype="bfloat16", device="cuda", **ig)
+    for budget in (None, 10**12):
+        with pytest.raises(ValueError, match="method"):
+            plan_batches(LLAMA_8B, lengths, batch_size=8, budget=budget, method="ig")
+
+
 def test_sizes_and_auto_budget():
     assert parse_bytes("40GiB") == 40 * 2**30 and parse_bytes("500MB") == 500 * 10**6 and parse_bytes(1024) == 1024
     assert parse_bytes("1.5e9") == 1_500_000_000
@@ -108,3 +131,67 @@ def test_planned_scores_equal_one_by_one_in_input_order():
     torch.testing.assert_close(planned.losses, alone.losses, rtol=1e-9, atol=0)
     forced = score_inputs(model, inp, pad_token_id=0, batch_size=4, progress=False, checkpointing=True)
     torch.testing.assert_close(forced.scores, alone.scores, rtol=1e-7, atol=1e-9 * float(alone.scores.abs().max()))
+
+
+def test_score_inputs_plans_eap_ig_with_its_estimate():
+    """score_inputs passes EAP-IG's method, steps and baseline ("tokens" for a corrupted one) to the planner."""
+    model = tiny_model("llama", seed=3)
+    inp = inputs_of_mixed_lengths(n=4)
+    base = AttributionInputs(inp.problem_ids, tuple(tuple((t * 7 + 3) % 40 for t in r) for r in inp.input_ids),
+                             inp.prompt_lengths, inp.t_cut, model="tiny")
+    width = max(map(len, inp.input_ids))
+    kw = dict(seq_len=width, batch_size=4, dtype="float64", device="cpu", padded=True)
+    ig = dict(method="eap-ig", steps=2, baseline="tokens")
+    planned = score_inputs(model, inp, pad_token_id=0, batch_size=4, progress=False, memory_budget=10**12,
+                           method="eap-ig", steps=2, baseline=base)
+    assert planned.meta["plan"]["batches"] == 1
+    assert planned.meta["plan"]["max_estimate_bytes"] == int(ALLOCATOR_OVERHEAD["cpu"] * estimate_memory(
+        model.config, **kw, **ig)) > int(ALLOCATOR_OVERHEAD["cpu"] * estimate_memory(model.config, **kw))
+    unplanned = score_inputs(model, inp, pad_token_id=0, batch_size=4, progress=False, method="eap-ig", steps=2,
+                             baseline=base)
+    torch.testing.assert_close(planned.scores, unplanned.scores, rtol=1e-7,
+                               atol=1e-9 * float(unplanned.scores.abs().max()))
+
+
+def test_sample_cache_shares_scores_across_calls(tmp_path):
+    """Issue 14.4: with sample_cache a sample is attributed once: an identical call computes nothing and
+    returns the same scores bit for bit; an overlapping call computes only its new samples, and the reused
+    ones equal a fresh batch's up to summation order; another t_cut, graph or model key shares nothing."""
+    import numpy as np
+
+    from eapbench.engine.attribution import score_inputs
+    from eapbench.engine.graph import ResidualGraph
+    from eapbench.records import AttributionInputs
+    from tiny_models import tiny_model
+
+    model = tiny_model("llama", dtype=torch.float32)
+
+    def inputs(ids, t_cut=4):
+        rows, plens = [], []
+        for k in ids:
+            p = 3 + k % 3
+            rows.append(tuple(int(x) for x in np.random.default_rng(k).integers(2, 40, size=p + t_cut)))
+            plens.append(p)
+        return AttributionInputs(tuple(f"q{k}" for k in ids), tuple(rows), tuple(plens), t_cut, model="m")
+
+    first = inputs(range(0, 10))
+    kw = dict(pad_token_id=0, batch_size=4, progress=False, sample_cache=tmp_path, cache_key="model-a")
+    a = score_inputs(model, first, **kw)
+    assert a.meta["shared_samples"] == 0 and len(list(tmp_path.glob("sample-*.pt"))) == 10
+    again = score_inputs(model, first, **kw)
+    assert again.meta["shared_samples"] == 10 and again.meta["computed_batches"] == 0
+    assert torch.equal(again.scores, a.scores) and torch.equal(again.losses, a.losses)
+    sorted(tmp_path.glob("sample-*.pt"))[0].write_bytes(b"garbage")  # corrupt: named, dropped, recomputed
+    c = score_inputs(model, first, **kw)
+    assert c.meta["shared_samples"] == 9 and c.meta["computed_batches"] == 1
+    torch.testing.assert_close(c.scores, a.scores, rtol=1e-5, atol=1e-6 * float(a.scores.abs().max()))
+    overlap = inputs(range(5, 15))
+    b = score_inputs(model, overlap, **kw)
+    assert b.meta["shared_samples"] == 5 and b.meta["computed_batches"] == 2
+    fresh = score_inputs(model, overlap, pad_token_id=0, batch_size=4, progress=False)
+    torch.testing.assert_close(b.scores, fresh.scores, rtol=1e-5, atol=1e-6 * float(fresh.scores.abs().max()))
+    assert torch.equal(b.scores[:5], c.scores[5:])  # the shared rows are the stored ones
+    assert score_inputs(model, inputs(range(0, 10), t_cut=5), **kw).meta["shared_samples"] == 0
+    assert score_inputs(model, first, **{**kw, "cache_key": "model-b"}).meta["shared_samples"] == 0
+    block = ResidualGraph.from_model(model, granularity="block")
+    assert score_inputs(model, first, graph=block, **kw).meta["shared_samples"] == 0

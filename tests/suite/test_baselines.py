@@ -153,3 +153,13 @@ def test_provenance_and_paper_reference():
     assert pv["kurtosis"][2] < 0
     assert B.paper_values("qwen25-dpo", "college_math", 0.03) == {"complexity": (8.01e-2, 2.17e-1, pytest.approx(1.709, abs=1e-3))}
     assert B.paper_values("mini-grpo", "synthetic", 0.3) == {}
+
+
+def test_config_mismatch_reads_a_missing_attribution_key_as_plain_eap():
+    """Baselines stored before --method existed hold no "attribution" key: they are plain-EAP records."""
+    from eapbench.suite.baselines import config_mismatch
+
+    old = {"config": {"granularity": "qkv"}}
+    assert config_mismatch(old, {"config": {"granularity": "qkv", "attribution": "eap"}}) is None
+    why = config_mismatch(old, {"config": {"granularity": "qkv", "attribution": "eap-ig", "ig_steps": 5}})
+    assert "attribution: stored 'eap', this run 'eap-ig'" in why and "ig_steps: stored None, this run 5" in why

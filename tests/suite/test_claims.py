@@ -133,3 +133,18 @@ def test_known_deviations_are_read_and_validated(tmp_path, claims):
     f.write_text("method_classes: {grpo: online}\nclaims:\n  C1: {test: t, metric: intensity, expect: {online: increase}}\n"
                  "known_deviations: {p: {C1: why}}\n")
     assert C.load_claims(f).deviation("p", "C1") == "why" and C.load_claims(f).deviation("p", "C2") is None
+
+
+def test_known_deviations_per_attribution_setting(tmp_path, claims):
+    """A setting with its own list (known_deviations_under) uses it; any other setting the paper's list."""
+    head = "method_classes: {grpo: online}\nclaims:\n  C1: {test: t, metric: intensity, expect: {online: increase}}\n" \
+           "  C3: {test: t3, metric: kurtosis, expect: {online: decrease}}\n"
+    f = tmp_path / "e.yaml"
+    f.write_text(head + "known_deviations: {p: {C1: paper}}\nknown_deviations_under: {qkv/EAP-IG: {p: {C3: ig}}}\n")
+    cs = C.load_claims(f)
+    assert cs.deviation("p", "C1") == "paper" and cs.deviation("p", "C1", "head/EAP") == "paper"
+    assert cs.deviation("p", "C1", "qkv/EAP-IG") is None and cs.deviation("p", "C3", "qkv/EAP-IG") == "ig"
+    f.write_text(head + "known_deviations_under: {qkv/EAP-IG: {p: {C9: why}}}\n")
+    with pytest.raises(ValueError, match=r"known_deviations_under\[qkv/EAP-IG\] must map"):
+        C.load_claims(f)
+    assert "mini-ppo" in claims.known_deviations_under["qkv/EAP-IG"]  # the shipped file's EAP-IG entries

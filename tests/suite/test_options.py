@@ -245,3 +245,30 @@ def test_gen_token_budget():
     assert O.check_gen_token_budget("--gen-token-budget", 4096) == 4096
     with pytest.raises(O.OptionError, match=r"--gen-token-budget 0: must be >= 1; tokens per generation batch"):
         O.check_gen_token_budget("--gen-token-budget", 0)
+
+
+def test_attribution_options():
+    """Issue 13: --method/--attribution, --ig-steps and --granularity, checked before anything loads."""
+    O.check_attribution("eap", 5, "qkv")
+    O.check_attribution("eap-ig", 1, "head")
+    with pytest.raises(O.OptionError, match=r"^--method eap-xx: unknown; use eap .* or eap-ig"):
+        O.check_attribution("eap-xx", 5, "qkv")
+    with pytest.raises(O.OptionError, match=r"^--attribution ig: unknown"):
+        O.check_attribution("ig", 5, "qkv", "--attribution")
+    with pytest.raises(O.OptionError, match=r"--ig-steps"):
+        O.check_attribution("eap-ig", 0, "qkv")
+    with pytest.raises(O.OptionError, match=r"^--granularity neuron: unknown; use one of qkv, block, head"):
+        O.check_attribution("eap", 5, "neuron")
+
+
+def test_noncanonical_attribution_settings_are_variants():
+    """head granularity and EAP-IG are other settings (variant baselines); faithfulness on/off is not."""
+    from eapbench.suite import canonical
+    from eapbench.suite import pairs as P
+    from eapbench.suite.measurement import RunConfig
+
+    pair = P.REGISTRY["mini-grpo"]
+    assert canonical.differences(pair, RunConfig(faithfulness=False)) == {}
+    assert canonical.settings_tag(canonical.differences(pair, RunConfig(granularity="head"))) == "granularity-head"
+    tag = canonical.settings_tag(canonical.differences(pair, RunConfig(attribution="eap-ig", ig_steps=5)))
+    assert tag == "attribution-eap-ig_ig_steps-5"

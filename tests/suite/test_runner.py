@@ -284,3 +284,70 @@ def test_generation_backend_and_tokens_per_s_reach_the_provenance(fake, monkeypa
     assert g["base"]["tokens_per_s"] == 300.0 and g["tuned"]["backend"] == "vllm" and "key" not in g["base"]
     assert g["base"]["token_budget"] == 4096 and g["base"]["n_new_tokens"] == 900
     assert "backend" not in m.config and m.config["gen_token_budget"] == 4096  # shared cache: not in the key
+
+
+def test_faithfulness_and_stability_ride_along_equal_to_direct_computation(fake, tmp_path):
+    """Issue 13: each side's faithfulness curve (on the case's inputs, from its mean scores) and top-k
+    stability are in the measurement's extras, equal to calling the library directly."""
+    from eapbench.analysis.stability import topk_stability
+    from eapbench.engine.faithfulness import faithfulness_curve
+
+    m = Runner(PAIRS[:1], CFG, cache_root=tmp_path).measure("t-grpo", "synthetic", 0.3)
+    sel = fake.prepare_pair(PAIRS[0].base, PAIRS[0].tuned, "synthetic", ALPHAS, n_samples=100)[0.3]
+    model = fake.models["tiny/base"]
+    s = score_inputs(model, sel.base, pad_token_id=0, batch_size=5, progress=False)
+    want = faithfulness_curve(model, sel.base, s.scores.mean(0), s.graph, pad_token_id=0, batch_size=5, progress=False)
+    got = m.extra["faithfulness"]["base"]
+    assert got["percents"] == list(want.percents)
+    assert got["cpr"] == pytest.approx(want.cpr, abs=1e-4) and got["cmd"] == pytest.approx(want.cmd, abs=1e-4)
+    assert set(m.extra["faithfulness"]) == {"base", "tuned"}
+    st = topk_stability(s.edge_vectors(), n_resamples=300, seed=0, progress=False).to_dict()
+    assert [e["k"] for e in m.extra["stability"]["base"]["per_k"]] == [e["k"] for e in st["per_k"]]
+    assert m.extra["stability"]["base"]["jaccard_mean"] == pytest.approx(st["jaccard_mean"], abs=0.05)
+    off = Runner(PAIRS[:1], RunConfig(n_resamples=300, batch_size=5, progress=False, faithfulness=False),
+                 cache_root=tmp_path).measure("t-grpo", "synthetic", 0.3)
+    assert "faithfulness" not in off.extra and off.metrics == m.metrics  # extras only: the metrics are the same
+
+
+def test_robustness_measures_each_setting_once_and_head_sums_to_qkv(fake, tmp_path):
+    """Issue 13: the same case under qkv/EAP, head/EAP and qkv/EAP-IG, verdicts per setting; the head
+    variant's mean scores summed over heads are the qkv variant's; results carry the table's data."""
+    from eapbench.suite.runner import ROBUSTNESS_VARIANTS
+
+    runner = Runner(PAIRS, CFG, cache_root=tmp_path)
+    assert runner.variant("qkv/EAP") is runner  # the run's own settings
+    by = runner.robustness("t-grpo", "synthetic", 0.3)
+    assert list(by) == list(ROBUSTNESS_VARIANTS)
+    assert all(set(v) == {"C1", "C2", "C3", "C4", "C5"} for v in by.values())
+    head = runner.variant("head/EAP").measure("t-grpo", "synthetic", 0.3)
+    ig = runner.variant("qkv/EAP-IG").measure("t-grpo", "synthetic", 0.3)
+    qkv = runner.measure("t-grpo", "synthetic", 0.3)
+    assert head.config["granularity"] == "head" and ig.config["attribution"] == "eap-ig" and ig.config["ig_steps"] == 5
+    assert "ig_steps" not in qkv.config  # not part of a plain-EAP key
+    np.testing.assert_allclose(head.figures["mean_base"], qkv.figures["mean_base"], rtol=0, atol=1e-6)
+    assert ig.metrics["intensity"]["base"] != qkv.metrics["intensity"]["base"]
+    row = next(r for r in runner.results() if r["pair"] == "t-grpo" and r["alpha"] == 0.3)
+    assert set(row["robustness"]) == set(ROBUSTNESS_VARIANTS)
+    assert row["robustness"]["head/EAP"]["C1"]["status"] == by["head/EAP"]["C1"].status
+    # a second session finds every variant on disk
+    calls = len(fake.prepare_calls)
+    Runner(PAIRS, CFG, cache_root=tmp_path).robustness("t-grpo", "synthetic", 0.3)
+    assert len(fake.prepare_calls) == calls
+
+
+def test_share_scores_attributes_a_shared_model_once_per_sample(fake, tmp_path, monkeypatch):
+    """Issue 14.4: with share_scores the base model both pairs share is attributed once per sample; the
+    metrics equal the unshared run's within the baseline tolerances; provenance says what was shared."""
+    monkeypatch.setenv("EAPBENCH_CACHE", str(tmp_path / "cache"))
+    cfg = RunConfig(n_resamples=300, batch_size=5, progress=False, share_scores=True)
+    runner = Runner(PAIRS, cfg, cache_root=tmp_path / "suite")
+    first = runner.measure("t-grpo", "synthetic", 0.3)
+    second = runner.measure("t-dpo", "synthetic", 0.3)  # the same base model and (fake) inputs
+    assert first.provenance["attribution_plan"]["base"]["shared_samples"] == 0
+    assert second.provenance["attribution_plan"]["base"]["shared_samples"] == N
+    assert second.provenance["attribution_plan"]["tuned"]["shared_samples"] == 0
+    assert second.provenance["placement"]["share_scores"] is True
+    plain = Runner(PAIRS, CFG, cache_root=tmp_path / "plain").measure("t-dpo", "synthetic", 0.3)
+    assert second.config == plain.config  # not part of the key: the same case, the same baselines
+    for name, r in plain.metrics.items():
+        assert second.metrics[name]["base"] == pytest.approx(r["base"], rel=1e-5)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from eapbench.suite.claims import ClaimVerdict
+from eapbench.suite.measurement import RunConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,8 +30,8 @@ suite_conftest = _load("suite_conftest", "suites/conftest.py")
 
 def fake_suite(status: str, strict: bool = False, known: str | None = None):
     v = ClaimVerdict("C1", status, "C1 Activation Intensity 1 -> 1.1: intensity +10.0% [-2.0%, +20.0%], n=50", "increase")
-    claims = types.SimpleNamespace(deviation=lambda pair, claim: known)
-    runner = types.SimpleNamespace(verdict=lambda *a: v, claims=claims)
+    claims = types.SimpleNamespace(deviation=lambda pair, claim, setting=None: known)
+    runner = types.SimpleNamespace(verdict=lambda *a: v, claims=claims, config=RunConfig())
     case = types.SimpleNamespace(pair="p", dataset="d", alpha=0.3, id="p-d-a0.3")
     return types.SimpleNamespace(runner=runner, strict=strict), case
 
@@ -63,7 +64,8 @@ class Config:
                      "--batch-size": 8, "--gen-batch-size": None, "--threads": 1, "--limit": None, "--data-dir": None, "--regen-baselines": False,
                      "--report": None, "--no-suite-cache": False, "--regen-variant": False, "--shard": None,
                      "--device-map": None, "--max-memory": None, "--memory-budget": None,
-                     "--backend": "hf", "--gen-token-budget": None, **opts}
+                     "--backend": "hf", "--gen-token-budget": None, "--attribution": "eap", "--ig-steps": 5,
+                     "--robustness": False, "--no-faithfulness": False, "--share-scores": False, **opts}
 
     def getoption(self, name):
         return self.opts[name]
