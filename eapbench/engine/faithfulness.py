@@ -64,6 +64,8 @@ import torch.nn as nn
 from ..records import AttributionInputs
 from .architectures import ArchSpec, arch_spec, decoder_layers, get_module
 from .attribution import AttributionError, execution_device
+from .attribution import _dense_weight, _norm_eps  # the same weight and norm access as attribution's heads
+from .attribution import _replace_first_input as _replace_first
 from .graph import QKV, ResidualGraph
 
 log = logging.getLogger(__name__)
@@ -237,23 +239,6 @@ def _check_model_graph(model: nn.Module, graph: ResidualGraph, spec: ArchSpec) -
 # ---------------------------------------------------------------------------------------
 # attention heads ("head" granularity)
 # ---------------------------------------------------------------------------------------
-def _dense_weight(module: nn.Module) -> torch.Tensor | None:
-    """An ``nn.Linear``'s [out, in] floating-point weight when it is in memory (not offloaded or quantized)."""
-    w = getattr(module, "weight", None)
-    if (isinstance(module, nn.Linear) and isinstance(w, torch.Tensor) and w.device.type != "meta"
-            and w.is_floating_point() and tuple(w.shape) == (module.out_features, module.in_features)):
-        return w
-    return None
-
-
-def _norm_eps(norm: nn.Module) -> float:
-    for name in ("variance_epsilon", "eps", "epsilon"):
-        if isinstance(getattr(norm, name, None), float):
-            return getattr(norm, name)
-    raise AttributionError(f"'head' granularity: cannot read the epsilon of {type(norm).__name__}, the norm on "
-                           "the attention output")
-
-
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
@@ -385,16 +370,6 @@ def _head_source_hooks(hl: _Heads, heads: Sequence[int], emit: Callable[[list[in
 # ---------------------------------------------------------------------------------------
 def _first(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
-
-
-def _replace_first(fn: Callable[[torch.Tensor], torch.Tensor]):
-    def pre_hook(module, args, kwargs):
-        if args:
-            return (fn(args[0]), *args[1:]), kwargs
-        kwargs = dict(kwargs)
-        kwargs["hidden_states"] = fn(kwargs["hidden_states"])
-        return args, kwargs
-    return pre_hook
 
 
 def _output(out: Any) -> torch.Tensor:
