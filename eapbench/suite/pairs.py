@@ -22,7 +22,7 @@ from ..records import ModelSpec
 
 ZOO_PREFIX = "zoo:"
 SMOLLM2_NAME = "smollm2"  # the offline SmolLM2-135M-Instruct (eapbench.models.SMOLLM2_NAME)
-GROUPS = ("mini", "paper", "lineages", "smol")
+GROUPS = ("mini", "paper", "lineages")
 METHODS = ("grpo", "ppo", "rlvr", "dpo", "dpo+rlvr", "sft")
 
 # One place for the defaults of each group (SPEC §4: α list; §7: datasets).
@@ -35,14 +35,6 @@ MINI_ALPHAS = (0.3, 0.5)
 MINI_GEN_BATCH = 64
 MINI_MAX_NEW_TOKENS = 64  # reference solutions take at most 42 tokens of the zoo tokenizer (+ EOS)
 MINI_LIMIT: int | None = 500  # the first 500 held-out problems: ~60% solved by the SFT model, >= 100 pairs survive
-
-# The smol lineage (eapbench.zoo.smol): LoRA adapters of SmolLM2-135M-Instruct shipped in the zoo's checkpoint
-# folder, each naming ``smollm2`` as its base; not in the default run (`pytest suites/ --pairs smol`).
-SMOL_DATASETS = ("synthetic",)
-SMOL_ALPHAS = (0.3,)
-SMOL_GEN_BATCH = 50
-SMOL_MAX_NEW_TOKENS = 64  # reference solutions take at most 43 SmolLM2 tokens (+ EOS)
-SMOL_LIMIT: int | None = 200  # the first 200 held-out problems: ~74% solved by smol-sft, >= 100 pairs survive
 
 GPU_COMMAND = "pytest suites/ --pairs {group} --device cuda --dtype bfloat16"
 
@@ -272,20 +264,6 @@ def _mini(id: str, tuned: str, method: str, description: str) -> PairSpec:
         gen_batch_size=MINI_GEN_BATCH, limit=MINI_LIMIT, description=description)
 
 
-def smol_adapter_path(name: str) -> str:
-    """Folder of the shipped smol adapter ``name`` (a PEFT adapter folder; nothing is imported or loaded)."""
-    return str(Path(__file__).resolve().parents[1] / "zoo" / "checkpoints" / name)
-
-
-def _smol(id: str, tuned: str, method: str, description: str) -> PairSpec:
-    return PairSpec(
-        id=id, method=method, family="smollm2", group="smol",
-        base=ModelSpec(smol_adapter_path("smol-sft"), "mini", max_new_tokens=SMOL_MAX_NEW_TOKENS, name="smol-sft"),
-        tuned=ModelSpec(smol_adapter_path(tuned), "mini", max_new_tokens=SMOL_MAX_NEW_TOKENS, name=tuned),
-        datasets=SMOL_DATASETS, alphas=SMOL_ALPHAS, requires_gpu=False, dtype="float32",
-        gen_batch_size=SMOL_GEN_BATCH, limit=SMOL_LIMIT, description=description)
-
-
 _OLMO = "allenai/OLMo-2-0425-1B-"
 _TULU = "allenai/Llama-3.1-Tulu-3-8B"
 
@@ -314,9 +292,6 @@ REGISTRY: dict[str, PairSpec] = {p.id: p for p in (
     _mini("mini-dpo", "dpo", "dpo", "mini SFT -> offline DPO"),
     _mini("mini-grpo-t0.6", "grpo-t0.6", "grpo",
           "temperature control: GRPO with sampling temperature 0.6 instead of 1.0"),
-    # The smol lineage (eapbench.zoo.smol): SmolLM2-135M-Instruct LoRA SFT -> GRPO / offline DPO.
-    _smol("smol-grpo", "smol-grpo", "grpo", "SmolLM2-135M LoRA SFT -> GRPO (eapbench.zoo.smol)"),
-    _smol("smol-dpo", "smol-dpo", "dpo", "SmolLM2-135M LoRA SFT -> offline DPO (eapbench.zoo.smol)"),
 )}
 
 

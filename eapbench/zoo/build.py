@@ -244,10 +244,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--post-seed", type=int, default=None, help="seed of the post-training runs (default 0)")
     ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke-test recipe (not the shipped zoo)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--smol", action="store_true",
+                    help="build the smol lineage instead (LoRA SFT/GRPO/DPO of SmolLM2-135M-Instruct; "
+                         "see `eapbench zoo train --smol --help`)")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    if "--smol" in (sys.argv[1:] if argv is None else argv):  # the smol lineage (eapbench.zoo.smol)
+        from .smol import main as smol_main
+
+        return smol_main([a for a in (sys.argv[1:] if argv is None else argv) if a != "--smol"])
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.jobs < 1 or args.threads < 1:

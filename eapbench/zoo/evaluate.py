@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import default_checkpoint_dir
 
+    if "--smol" in (sys.argv[1:] if argv is None else argv):  # the smol lineage (eapbench.zoo.smol)
+        from .smol import eval_main
+
+        return eval_main([a for a in (sys.argv[1:] if argv is None else argv) if a != "--smol"])
     ap = argparse.ArgumentParser(prog="eapbench zoo eval",
                                  description="Greedy held-out accuracy of each zoo child vs sft, paired per problem.")
     ap.add_argument("--out", type=Path, default=default_checkpoint_dir(),
@@ -111,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--problems", type=int, default=None, metavar="N",
                     help="only the first N held-out problems (default: all 500 of the recipe)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    ap.add_argument("--smol", action="store_true",
+                    help="compare the smol lineage (smol-grpo, smol-dpo vs smol-sft) instead")
     args = ap.parse_args(argv)
     if args.problems is not None and args.problems < 1:
         ap.error(f"--problems must be >= 1, got {args.problems}")
