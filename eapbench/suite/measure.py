@@ -288,12 +288,18 @@ def figure_data(base, tuned) -> dict[str, Any]:
 def faithfulness_of(model, inputs, edge_scores, pad_token_id: int, cfg: RunConfig) -> dict[str, Any]:
     """The model's faithfulness curve (SPEC §11) on these inputs, for the circuit its mean edge scores pick;
     ``{"error": why}`` where it cannot be computed (reported beside the claims, never silently left out)."""
+    import torch
+
     from ..engine.faithfulness import faithfulness_curve
 
     try:
         curve = faithfulness_curve(model, inputs, edge_scores.scores.mean(0), edge_scores.graph,
-                             pad_token_id=pad_token_id, batch_size=cfg.batch_size, progress=cfg.progress)
+                                   pad_token_id=pad_token_id, batch_size=cfg.batch_size, progress=cfg.progress)
     except (ValueError, NotImplementedError) as exc:
         log.warning("faithfulness of %s not computed: %s", inputs.model, exc)
         return {"error": str(exc)}
+    except torch.OutOfMemoryError as exc:  # the scores are kept; the missing curve is named, with the fix
+        log.warning("faithfulness of %s ran out of memory: %s", inputs.model, exc)
+        return {"error": f"out of memory ({str(exc).splitlines()[0] if str(exc) else 'no message'}); rerun with "
+                         "a smaller --batch-size, or --no-faithfulness to skip the curves"}
     return plain(curve.to_dict())

@@ -351,3 +351,18 @@ def test_share_scores_attributes_a_shared_model_once_per_sample(fake, tmp_path, 
     assert second.config == plain.config  # not part of the key: the same case, the same baselines
     for name, r in plain.metrics.items():
         assert second.metrics[name]["base"] == pytest.approx(r["base"], rel=1e-5)
+
+
+def test_faithfulness_out_of_memory_is_named_not_fatal(fake, tmp_path, monkeypatch):
+    """A faithfulness curve that runs out of memory leaves the case measured, its curve an error naming the
+    fix, which suites/test_faithfulness.py then reports as a failure (the curves were asked for)."""
+    import eapbench.engine.faithfulness as F
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(F, "faithfulness_curve", oom)
+    m = Runner(PAIRS[:1], CFG, cache_root=tmp_path).measure("t-grpo", "synthetic", 0.3)
+    err = m.extra["faithfulness"]["base"]["error"]
+    assert "out of memory (CUDA out of memory. Tried to allocate 20.00 GiB)" in err and "--no-faithfulness" in err
+    assert m.metrics["intensity"]["n"] == N
