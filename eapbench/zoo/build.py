@@ -11,7 +11,6 @@ the stored ``sft`` checkpoint and its own seed, so the result is identical to ``
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -207,25 +206,37 @@ def build_zoo(recipe: ZooRecipe, out_dir: str | Path, *, jobs: int = 1, only: tu
         from .card import read_card
 
         cards["sft"] = read_card(out_dir / "sft")
-    if jobs <= 1:
-        for n in names:
-            cards[n] = build_child(n, recipe, out_dir, progress)
-    else:
-        import multiprocessing as mp
+    cards.update(build_children(build_child, names, recipe, out_dir, progress, jobs))
+    write_manifest(out_dir / MANIFEST_FILE, recipe, cards, jobs=jobs, t0=t0, load0=load0,
+                   partial={"skip_sft": skip_sft, "only": list(names)} if skip_sft or only else None)
+    return cards
 
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                                 initializer=_worker_logging, initargs=(logging.getLogger().level,)) as pool:
-            futures = {n: pool.submit(build_child, n, recipe, out_dir, progress) for n in names}
-            cards.update({n: f.result() for n, f in futures.items()})
+
+def build_children(build: Callable[..., dict[str, Any]], names: Sequence[str], recipe: Any, out_dir: Path,
+                   progress: bool, jobs: int) -> dict[str, dict[str, Any]]:
+    """``build(name, recipe, out_dir, progress)`` for each child: in this process with ``jobs <= 1``, else in
+    ``jobs`` spawned worker processes. Returns name -> card."""
+    if jobs <= 1:
+        return {n: build(n, recipe, out_dir, progress) for n in names}
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                             initializer=_worker_logging, initargs=(logging.getLogger().level,)) as pool:
+        futures = {n: pool.submit(build, n, recipe, out_dir, progress) for n in names}
+        return {n: f.result() for n, f in futures.items()}
+
+
+def write_manifest(path: Path, recipe: Any, cards: dict[str, dict[str, Any]], *, jobs: int, t0: float,
+                   load0: tuple[float, ...], partial: dict[str, Any] | None) -> None:
+    """The build's manifest: recipe, parallelism, wall time since ``t0``, machine load, each card's accuracy."""
     manifest = {"recipe": recipe.to_dict(), "jobs": jobs, "threads_per_process": recipe.threads,
                 "total_wall_time_s": round(time.perf_counter() - t0, 1), "cpu_count": os.cpu_count(),
                 "load_average_at_start": list(load0), "load_average_at_end": list(os.getloadavg()),
                 "heldout_accuracy": {n: c["heldout_accuracy"] for n, c in cards.items()},
                 "wall_time_s": {n: c["wall_time_s"] for n, c in cards.items()}}
-    if skip_sft or only:
-        manifest["partial"] = {"skip_sft": skip_sft, "only": list(names)}
-    atomic_write_text(out_dir / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
-    return cards
+    if partial is not None:
+        manifest["partial"] = partial
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

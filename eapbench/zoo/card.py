@@ -54,14 +54,14 @@ def read_card(folder: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def verify_card(folder: str | Path) -> list[str]:
-    """Problems found (empty list = every file the card lists exists and matches its hash)."""
+def verify_card(folder: str | Path, weights: str = "model.safetensors") -> list[str]:
+    """Problems found (empty list = every file the card lists exists and matches its hash, ``weights`` among them)."""
     folder = Path(folder)
     card = read_card(folder)
     problems = []
     expected = card.get("files_sha256", {})
-    if "model.safetensors" not in expected:
-        problems.append("card lists no hash for model.safetensors")
+    if weights not in expected:
+        problems.append(f"card lists no hash for {weights}")
     for name, digest in expected.items():
         path = folder / name
         if not path.is_file():

@@ -62,6 +62,15 @@ def present_children(out_dir: str | Path) -> tuple[str, ...]:
     return tuple(n for n in NAMES if n != PARENT and (Path(out_dir) / n / WEIGHTS_FILE).is_file())
 
 
+def first_problems(heldout: list, n_problems: int | None) -> list:
+    """The first ``n_problems`` held-out problems (all of them for None)."""
+    if n_problems is None:
+        return heldout
+    if n_problems < 1:
+        raise ValueError(f"n_problems must be >= 1, got {n_problems}")
+    return heldout[:n_problems]
+
+
 def compare_to_parent(out_dir: str | Path, recipe=None, names: tuple[str, ...] | None = None,
                       n_problems: int | None = None) -> list[PairedAccuracy]:
     """Paired greedy held-out comparison of each child in ``out_dir`` with ``out_dir/sft``.
@@ -83,11 +92,7 @@ def compare_to_parent(out_dir: str | Path, recipe=None, names: tuple[str, ...] |
         raise ZooEvalError(f"{out_dir} holds no child checkpoint ({', '.join(n for n in NAMES if n != PARENT)}) "
                            "to compare with its parent")
     recipe = recipe or ZooRecipe()
-    heldout = problem_sets(recipe)[2]
-    if n_problems is not None:
-        if n_problems < 1:
-            raise ValueError(f"n_problems must be >= 1, got {n_problems}")
-        heldout = heldout[:n_problems]
+    heldout = first_problems(problem_sets(recipe)[2], n_problems)
     grade, _ = grader()
 
     def run(name: str) -> torch.Tensor:

@@ -214,7 +214,7 @@ def sample_groups(model, prompts: Sequence[Sequence[int]], group: int, *, eos_id
     The zoo's KV-cached pure-temperature sampler (:func:`eapbench.zoo.task.sample`), except that each
     prompt is prefilled once and its cache repeated ``group`` times.
     """
-    from .task import _left_pad
+    from .task import _left_pad, decode
 
     ids, attn = _left_pad(prompts, pad_id)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
@@ -222,29 +222,8 @@ def sample_groups(model, prompts: Sequence[Sequence[int]], group: int, *, eos_id
     cache = res.past_key_values
     rep = torch.arange(len(prompts)).repeat_interleave(group)
     _cache_select(cache, rep)
-    attn, last_pos = attn[rep], pos[rep, -1]
-    logits = res.logits[rep, -1, :].float()
-    n = len(rep)
-    done = torch.zeros(n, dtype=torch.bool)
-    gen = torch.full((n, max_new_tokens), pad_id, dtype=torch.long)
-    lengths = torch.full((n,), max_new_tokens, dtype=torch.long)
-    for t in range(max_new_tokens):
-        probs = torch.softmax(logits / temperature, dim=-1)
-        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-        gen[:, t] = nxt
-        newly = (~done) & (nxt == eos_id)
-        lengths[newly] = t + 1
-        done |= newly
-        if bool(done.all()):
-            break
-        attn = torch.cat([attn, torch.ones((n, 1), dtype=torch.long)], dim=1)
-        last_pos = last_pos + 1
-        res = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=last_pos[:, None],
-                    past_key_values=cache, use_cache=True)
-        cache = res.past_key_values
-        logits = res.logits[:, -1, :].float()
-    return [gen[i, :int(lengths[i])].tolist() for i in range(n)]
+    return decode(model, cache, res.logits[rep, -1, :].float(), attn[rep], pos[rep, -1], temperature=temperature,
+                  generator=generator, eos_id=eos_id, pad_id=pad_id, max_new_tokens=max_new_tokens)
 
 
 def grouped_logprobs(model, prompts: Sequence[Sequence[int]], which: Sequence[int],
@@ -519,21 +498,10 @@ def write_smol_card(folder: Path, card: dict[str, Any]) -> Path:
 
 
 def verify_smol_card(folder: str | Path) -> list[str]:
-    """Problems found (empty: every file the card lists exists and matches; the weights are listed)."""
-    from ..cache import file_sha256
-    from .card import read_card
+    """Problems found (empty: every file the card lists exists and matches; the adapter weights are listed)."""
+    from .card import verify_card
 
-    folder = Path(folder)
-    card = read_card(folder)
-    expected = card.get("files_sha256", {})
-    problems = [] if ADAPTER_WEIGHTS in expected else [f"card lists no hash for {ADAPTER_WEIGHTS}"]
-    for name, digest in expected.items():
-        path = folder / name
-        if not path.is_file():
-            problems.append(f"{name}: listed in the card but missing")
-        elif file_sha256(path) != digest:
-            problems.append(f"{name}: sha256 differs from the card")
-    return problems
+    return verify_card(folder, ADAPTER_WEIGHTS)
 
 
 def _common(recipe: SmolRecipe, name: str, wall: float, load0) -> dict[str, Any]:
@@ -676,12 +644,9 @@ def _parent_correct(parent: Path, heldout, recipe: SmolRecipe, grade) -> torch.T
     return c
 
 
-def _worker_logging(level: int) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(processName)s %(name)s: %(message)s")
-
-
 def build_smol(recipe: SmolRecipe, out_dir: str | Path, *, jobs: int = 2, only: Sequence[str] | None = None,
                skip_sft: bool = False, progress: bool = True) -> dict[str, dict[str, Any]]:
+    from .build import build_children, write_manifest
     from .card import read_card
 
     out_dir = Path(out_dir)
@@ -690,27 +655,9 @@ def build_smol(recipe: SmolRecipe, out_dir: str | Path, *, jobs: int = 2, only: 
     t0, load0 = time.perf_counter(), os.getloadavg()
     cards: dict[str, dict[str, Any]] = {}
     cards[SMOL_PARENT] = read_card(out_dir / SMOL_PARENT) if skip_sft else build_smol_sft(recipe, out_dir, progress)
-    if jobs <= 1 or len(names) <= 1:
-        for n in names:
-            cards[n] = build_smol_child(n, recipe, out_dir, progress)
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                                 initializer=_worker_logging, initargs=(logging.getLogger().level,)) as pool:
-            futures = {n: pool.submit(build_smol_child, n, recipe, out_dir, progress) for n in names}
-            cards.update({n: f.result() for n, f in futures.items()})
-    from ..cache import atomic_write_text
-
-    manifest = {"recipe": recipe.to_dict(), "jobs": jobs, "threads_per_process": recipe.threads,
-                "total_wall_time_s": round(time.perf_counter() - t0, 1), "cpu_count": os.cpu_count(),
-                "load_average_at_start": list(load0), "load_average_at_end": list(os.getloadavg()),
-                "heldout_accuracy": {n: c["heldout_accuracy"] for n, c in cards.items()},
-                "wall_time_s": {n: c["wall_time_s"] for n, c in cards.items()}}
-    if skip_sft or only:
-        manifest["partial"] = {"skip_sft": skip_sft, "only": list(names)}
-    atomic_write_text(out_dir / "smol_build.json", json.dumps(manifest, indent=2) + "\n")
+    cards.update(build_children(build_smol_child, names, recipe, out_dir, progress, jobs if len(names) > 1 else 1))
+    write_manifest(out_dir / "smol_build.json", recipe, cards, jobs=jobs, t0=t0, load0=load0,
+                   partial={"skip_sft": skip_sft, "only": list(names)} if skip_sft or only else None)
     return cards
 
 
@@ -718,7 +665,7 @@ def compare_smol(out_dir: str | Path | None = None, n_problems: int | None = Non
                  recipe: SmolRecipe | None = None, names: Sequence[str] | None = None):
     """Paired greedy held-out comparison of each smol child in ``out_dir`` with its ``smol-sft``
     (:class:`eapbench.zoo.evaluate.PairedAccuracy`, exact McNemar p-values)."""
-    from .evaluate import ZooEvalError, paired
+    from .evaluate import ZooEvalError, first_problems, paired
     from .task import grader
 
     out_dir = Path(out_dir or default_smol_dir())
@@ -731,11 +678,7 @@ def compare_smol(out_dir: str | Path | None = None, n_problems: int | None = Non
     if not names:
         raise ZooEvalError(f"{out_dir} holds no smol child ({', '.join(SMOL_CHILDREN)}) to compare with {SMOL_PARENT}")
     recipe = recipe or SmolRecipe()
-    heldout = problem_sets(recipe)[2]
-    if n_problems is not None:
-        if n_problems < 1:
-            raise ValueError(f"n_problems must be >= 1, got {n_problems}")
-        heldout = heldout[:n_problems]
+    heldout = first_problems(problem_sets(recipe)[2], n_problems)
     grade, _ = grader()
     parent_c = _parent_correct(parent, heldout, recipe, grade)
     return [paired(n, correct_of(out_dir / n, heldout, recipe, grade), parent_c) for n in names]

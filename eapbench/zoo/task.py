@@ -95,36 +95,44 @@ def sample(model, prompts: Sequence[Sequence[int]], *, eos_id: int, pad_id: int,
         chunk = prompts[start:start + batch_size]
         ids, attn = _left_pad(chunk, pad_id)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        n = len(chunk)
-        done = torch.zeros(n, dtype=torch.bool)
-        gen = torch.full((n, max_new_tokens), pad_id, dtype=torch.long)
-        lengths = torch.full((n,), max_new_tokens, dtype=torch.long)
         res = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
-        cache = res.past_key_values
-        logits = res.logits[:, -1, :].float()
-        last_pos = pos[:, -1]
-        for t in range(max_new_tokens):
-            if temperature == 0:
-                nxt = logits.argmax(-1)
-            else:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-            gen[:, t] = nxt
-            newly = (~done) & (nxt == eos_id)
-            lengths[newly] = t + 1
-            done |= newly
-            if bool(done.all()):
-                break
-            attn = torch.cat([attn, torch.ones((n, 1), dtype=torch.long)], dim=1)
-            last_pos = last_pos + 1
-            res = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=last_pos[:, None],
-                        past_key_values=cache, use_cache=True)
-            cache = res.past_key_values
-            logits = res.logits[:, -1, :].float()
-        out.extend(gen[i, :int(lengths[i])].tolist() for i in range(n))
+        out.extend(decode(model, res.past_key_values, res.logits[:, -1, :].float(), attn, pos[:, -1],
+                          temperature=temperature, generator=generator, eos_id=eos_id, pad_id=pad_id,
+                          max_new_tokens=max_new_tokens))
     model.train(was_training)
     return out
+
+
+def decode(model, cache, logits: torch.Tensor, attn: torch.Tensor, last_pos: torch.Tensor, *, temperature: float,
+           generator: torch.Generator | None, eos_id: int, pad_id: int, max_new_tokens: int) -> list[list[int]]:
+    """The KV-cached decoding loop after a prefill: ``logits`` [n, vocab] (float) at each row's last prompt
+    position, ``attn`` [n, T] its left-padded attention mask and ``last_pos`` [n] its last position. Greedy
+    at ``temperature == 0``, else pure temperature sampling from ``generator``; a row stops at ``eos_id``
+    (kept), then pads with ``pad_id``. Returns each row's completion."""
+    n = logits.shape[0]
+    done = torch.zeros(n, dtype=torch.bool)
+    gen = torch.full((n, max_new_tokens), pad_id, dtype=torch.long)
+    lengths = torch.full((n,), max_new_tokens, dtype=torch.long)
+    for t in range(max_new_tokens):
+        if temperature == 0:
+            nxt = logits.argmax(-1)
+        else:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        gen[:, t] = nxt
+        newly = (~done) & (nxt == eos_id)
+        lengths[newly] = t + 1
+        done |= newly
+        if bool(done.all()):
+            break
+        attn = torch.cat([attn, torch.ones((n, 1), dtype=torch.long)], dim=1)
+        last_pos = last_pos + 1
+        res = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=last_pos[:, None],
+                    past_key_values=cache, use_cache=True)
+        cache = res.past_key_values
+        logits = res.logits[:, -1, :].float()
+    return [gen[i, :int(lengths[i])].tolist() for i in range(n)]
 
 
 def completion_logprobs(model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *,
