@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..cache import atomic_write_text
+from .report import _sorted  # the report's case order
 
 # A model whose circuit performance ratio (CPR, area under f(k) with edges ranked by signed score) is
 # below this has top edges that do not carry its answers: its intensity/entropy claims describe scores,
@@ -26,10 +27,6 @@ FAITHFUL_AT_PERCENT = 10.0  # the k marked in the figure and tabled beside CPR/C
 
 def _case(r: Mapping[str, Any]) -> str:
     return f"{r['pair']} / {r['dataset']} / α {float(r['alpha']):g}"
-
-
-def _sorted(results: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return sorted(results, key=lambda r: (r["pair"], r["dataset"], float(r["alpha"])))
 
 
 def faithfulness_at(curve: Mapping[str, Any], percent: float = FAITHFUL_AT_PERCENT, kind: str = "abs") -> float | None:
