@@ -164,7 +164,9 @@ def adapter_provenance(chain, spec: ModelSpec) -> dict[str, Any]:
     base = (adapter_provenance(parent, spec) if parent is not None
             else model_provenance(ModelSpec(chain.base, spec.template, revision=spec.revision)))
     last = chain.adapters[-1]
-    return {"path": str(last), "sha256": adapter_sha256(last), "base": base}
+    # a shipped adapter named zoo:<name> (zoo:smol-sft) is recorded by that name, not by this machine's folder
+    path = spec.path if parent is None and spec.path.startswith(ZOO_PREFIX) else str(last)
+    return {"path": path, "sha256": adapter_sha256(last), "base": base}
 
 
 def is_adapter(path: str) -> bool:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 NAMES: tuple[str, ...] = ("sft", "grpo", "grpo-t0.6", "ppo", "dpo")
+# The smol lineage (eapbench.zoo.smol): LoRA adapters of SmolLM2-135M-Instruct, shipped beside the mini models.
+SMOL_NAMES: tuple[str, ...] = ("smol-sft", "smol-grpo", "smol-dpo")
 PARENT = "sft"
 TEMPLATE = "mini"
 
@@ -22,9 +24,16 @@ def default_checkpoint_dir() -> Path:
 
 
 def checkpoint_path(name: str) -> Path:
-    """Folder of the shipped checkpoint ``name`` (loadable with ``AutoModelForCausalLM.from_pretrained``)."""
+    """Folder of the shipped checkpoint ``name`` (loadable with ``AutoModelForCausalLM.from_pretrained``; a
+    smol name gives a PEFT adapter folder, loaded onto SmolLM2 by :func:`eapbench.models.load_model`)."""
+    if name in SMOL_NAMES:  # a PEFT adapter folder (its base: smollm2)
+        path = default_checkpoint_dir() / name
+        if not (path / "adapter_model.safetensors").is_file():
+            raise FileNotFoundError(f"smol adapter {name!r} is missing at {path}; rebuild the smol lineage with "
+                                    "`eapbench zoo train --smol`")
+        return path
     if name not in NAMES:
-        raise ValueError(f"unknown zoo checkpoint {name!r}; choose from {NAMES}")
+        raise ValueError(f"unknown zoo checkpoint {name!r}; choose from {NAMES + SMOL_NAMES}")
     path = default_checkpoint_dir() / name
     if not (path / "model.safetensors").is_file():
         raise FileNotFoundError(f"zoo checkpoint {name!r} is missing at {path}; rebuild it with "
@@ -54,4 +63,4 @@ def _register_names() -> None:
 
 _register_names()
 
-__all__ = ["NAMES", "PARENT", "TEMPLATE", "checkpoint_path", "default_checkpoint_dir", "load", "card"]
+__all__ = ["NAMES", "SMOL_NAMES", "PARENT", "TEMPLATE", "checkpoint_path", "default_checkpoint_dir", "load", "card"]

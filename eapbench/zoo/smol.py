@@ -43,12 +43,12 @@ import torch
 
 from ..pipeline.synthetic import SyntheticConfig
 from ..records import Problem
+from . import SMOL_NAMES
 from .rl import PostTrainConfig, step_problems
 from .sft import SFTConfig, cosine_lr
 
 log = logging.getLogger(__name__)
 
-SMOL_NAMES: tuple[str, ...] = ("smol-sft", "smol-grpo", "smol-dpo")
 SMOL_PARENT = "smol-sft"
 SMOL_CHILDREN = {"smol-grpo": "grpo", "smol-dpo": "dpo"}
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -92,7 +92,7 @@ class SmolRecipe:
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=150, batch_size=8, lr=1e-3, warmup_steps=10,
                                                              min_lr_ratio=0.1, weight_decay=0.0, seed=0))
     post: PostTrainConfig = field(default_factory=lambda: PostTrainConfig(
-        steps=30, prompts_per_step=8, samples_per_prompt=8, temperature=0.7, lr=5e-5, minibatches=1,
+        steps=30, prompts_per_step=32, samples_per_prompt=8, temperature=0.7, lr=1e-4, minibatches=1,
         kl_coef=0.0, dpo_beta=0.1, seed=0))
     max_new_tokens: int = 64  # reference solutions: at most 43 SmolLM2 tokens + EOS
     microbatch: int = 16  # rows per forward/backward (gradient accumulation; no effect on the maths)

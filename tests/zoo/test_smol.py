@@ -146,3 +146,29 @@ def test_shipped_smol_card_parses_and_hashes_match(name):
 def test_shipped_smol_size_budget():
     total = sum(p.stat().st_size for n in SHIPPED_NAMES for p in (SHIPPED / n).iterdir() if p.is_file())
     assert total <= 30 * 2 ** 20, total
+
+
+def test_shipped_smol_adapters_have_zoo_names(monkeypatch, tmp_path):
+    """``zoo:smol-sft`` names the shipped adapter wherever a model is named (its base: smollm2), is
+    recorded by that name in provenance, and a smol adapter that is not there says how to build it."""
+    from eapbench import zoo
+    from eapbench.models import adapter_chain, is_adapter_name
+    from eapbench.records import ModelSpec
+    from eapbench.suite import options as O
+    from eapbench.suite import pairs as P
+
+    assert zoo.checkpoint_path("smol-sft") == SHIPPED / "smol-sft"
+    assert is_adapter_name("zoo:smol-sft") and not is_adapter_name("zoo:sft")
+    chain = adapter_chain("zoo:smol-sft")
+    assert chain.base == "smollm2" and chain.adapters == ((SHIPPED / "smol-sft").resolve(),)
+    prov = P.model_provenance(ModelSpec("zoo:smol-sft", "mini"))["adapter"]
+    assert prov["path"] == "zoo:smol-sft" and prov["base"]["path"] == "smollm2"
+    assert prov["sha256"]["adapter_model.safetensors"] == read_card(SHIPPED / "smol-sft")["files_sha256"][
+        "adapter_model.safetensors"]
+    assert O.check_model("--base", "zoo:smol-sft", ModelSpec("zoo:smol-sft", "mini"), side="base").kind == "adapter"
+    assert P.weights_missing(ModelSpec("zoo:smol-sft", "mini")) is None
+    monkeypatch.setattr(zoo, "default_checkpoint_dir", lambda: tmp_path)
+    with pytest.raises(FileNotFoundError, match="eapbench zoo train --smol"):
+        zoo.checkpoint_path("smol-grpo")
+    with pytest.raises(ValueError, match="smol-sft"):
+        zoo.checkpoint_path("nope")
