@@ -431,10 +431,22 @@ def attribution_hooks(model: nn.Module, graph: ResidualGraph, scorer: _Scorer) -
             lambda x: _private_view(x, scorer.direct_hook(graph.logits_dst)))
         yield
     finally:
-        for h in handles:
-            h.remove()
-        for attn, groups in regrouped:
-            attn.num_key_value_groups = groups
+        _remove_hooks(handles, regrouped)
+
+
+def _ungroup_kv(attn: nn.Module, regrouped: list[tuple[nn.Module, int]]) -> None:
+    """Set ``attn.num_key_value_groups`` to 1 (the caller's hooks repeat k/v per query head), recording the
+    value it had in ``regrouped`` for :func:`_remove_hooks` to restore."""
+    regrouped.append((attn, attn.num_key_value_groups))
+    attn.num_key_value_groups = 1
+
+
+def _remove_hooks(handles: list[Any], regrouped: list[tuple[nn.Module, int]]) -> None:
+    """Undo a hook context: remove every hook handle and restore each regrouped attention module."""
+    for h in handles:
+        h.remove()
+    for attn, groups in regrouped:
+        attn.num_key_value_groups = groups
 
 
 def _head_hooks(l: int, layer: nn.Module, scorer: _Scorer, handles: list[Any],
@@ -484,8 +496,7 @@ def _head_hooks(l: int, layer: nn.Module, scorer: _Scorer, handles: list[Any],
         else:
             fwd(out_mod, lambda o, b=b: _private_view(hl.ungroup(o), scorer.layer_hook(l, b)))
     if groups != 1:
-        regrouped.append((attn, groups))
-        attn.num_key_value_groups = 1
+        _ungroup_kv(attn, regrouped)
 
 
 # ---------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ from .architectures import ArchSpec, arch_spec, decoder_layers, get_module
 from .attribution import AttributionError, execution_device
 from .attribution import _dense_weight, _norm_eps  # the same weight and norm access as attribution's heads
 from .attribution import _replace_first_input as _replace_first
+from .attribution import _remove_hooks, _ungroup_kv  # the same GQA regrouping and hook teardown
 from .graph import QKV, ResidualGraph
 
 log = logging.getLogger(__name__)
@@ -487,10 +488,7 @@ def _patch_hooks(model: nn.Module, spec: ArchSpec, graph: ResidualGraph, patch: 
         pre(get_module(model, spec.final_norm), graph.logits_dst)
         yield
     finally:
-        for h in handles:
-            h.remove()
-        for attn, groups in regrouped:
-            attn.num_key_value_groups = groups
+        _remove_hooks(handles, regrouped)
         patch.diffs = None
         patch.residuals.clear()
 
@@ -544,8 +542,7 @@ def _patch_head_hooks(l: int, layer: nn.Module, spec: ArchSpec, graph: ResidualG
         if todo[b] or (ungroup and b != "q"):
             handles.append(hl.branch_norms.get(b, hl.projs[b]).register_forward_hook(branch_hook(b)))
     if ungroup:
-        regrouped.append((hl.attn, hl.attn.num_key_value_groups))
-        hl.attn.num_key_value_groups = 1
+        _ungroup_kv(hl.attn, regrouped)
 
 
 # ---------------------------------------------------------------------------------------
