@@ -19,14 +19,6 @@ from eapbench.zoo.task import encode_prompts
 SHIPPED = smol.default_smol_dir()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def tiny_lora():
     recipe = replace(smol.tiny_smol_recipe(), bf16_autocast=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from dataclasses import replace
 
 import numpy as np
@@ -27,14 +26,6 @@ from eapbench.zoo.sft import SFTConfig, cosine_lr, train_sft
 from eapbench.zoo.task import (answer_text, completion_logprobs, encode_answers, encode_prompts, prompt_text,
                                sample)
 from eapbench.zoo.tokenizer import build_tokenizer
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
